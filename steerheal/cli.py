@@ -1,0 +1,205 @@
+"""`steerheal` command line. Errors the user can fix print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from steerheal.errors import SteerhealError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="bundled", help="'bundled' (default), a Hugging Face id, or a local directory")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
+
+
+def _persona_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair", default="care-over-authority", help="persona preset (care-over-authority, love-humanity)")
+    p.add_argument("--pos", help="positive persona, completing 'You are ...' (overrides the preset)")
+    p.add_argument("--neg", help="negative persona (overrides the preset)")
+    p.add_argument("--contexts", type=Path, help="a text file of user messages, one per line (default: 80 bundled)")
+
+
+def _load(args) -> "object":
+    from steerheal.config import ModelSpec
+    from steerheal.models import load_model
+
+    return load_model(ModelSpec(name=args.model, dtype=args.dtype, device=args.device,
+                                trust_remote_code=args.trust_remote_code))
+
+
+def _pair_and_contexts(args):
+    from steerheal.config import PersonaPair
+    from steerheal.presets import default_contexts, persona_pair, read_lines
+
+    pair = persona_pair(args.pair)
+    if args.pos is not None or args.neg is not None:
+        pair = PersonaPair(pos=args.pos if args.pos is not None else pair.pos,
+                           neg=args.neg if args.neg is not None else pair.neg, name="custom")
+    pair.validate()
+    if args.contexts:
+        if not args.contexts.is_file():
+            raise SteerhealError(f"Context file {str(args.contexts)!r} does not exist.")
+        contexts = read_lines(args.contexts.read_text(encoding="utf-8"))
+        if not contexts:
+            raise SteerhealError(f"Context file {str(args.contexts)!r} holds no messages: put one user message per line.")
+    else:
+        contexts = default_contexts()
+    return pair, contexts
+
+
+def _extract(lm, pair, contexts):
+    from steerheal.progress import tqdm_progress
+    from steerheal.vectors import extract_vector
+
+    with tqdm_progress("extracting vector", unit="prompt") as progress:
+        return extract_vector(lm, pair, contexts, progress=progress)
+
+
+@command("vector")
+def cmd_vector(args) -> int:
+    pair, contexts = _pair_and_contexts(args)
+    lm = _load(args)
+    vector = _extract(lm, pair, contexts)
+    path = vector.save(args.out)
+    norms = vector.norms
+    if args.json:
+        print(json.dumps({"path": str(path), "norms": norms, "residual_norms": vector.meta["residual_norms"],
+                          "n_contexts": vector.meta["n_contexts"], "model_id": lm.model_id}))
+        return 0
+    print(f"saved {path}  ({vector.n_layers} layers x {vector.hidden_size}, {len(contexts)} contexts)")
+    print(f"{'layer':>5}  {'|v|':>8}  {'|h|':>8}  {'|v|/|h|':>7}")
+    for i, (n, r) in enumerate(zip(norms, vector.meta["residual_norms"])):
+        print(f"{i:>5}  {n:>8.3f}  {r:>8.2f}  {n / r:>7.2%}")
+    return 0
+
+
+@command("steer")
+def cmd_steer(args) -> int:
+    from steerheal.config import GenerationConfig, LayerBand, SteerConfig
+    from steerheal.generate import generate
+    from steerheal.vectors import SteeringVector
+
+    if not args.prompt.strip():
+        raise SteerhealError("--prompt is empty: give the user message to answer.")
+    alphas: list[str] = args.alpha or ["2.0"]
+    for a in alphas:
+        _finite_float_or_error(a)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy, seed=args.seed).validate()
+    lm = _load(args)
+    LayerBand(args.layers).resolve(lm.n_layers)
+    if args.vector:
+        vector = SteeringVector.load(args.vector)
+    else:
+        pair, contexts = _pair_and_contexts(args)
+        vector = _extract(lm, pair, contexts)
+    base = generate(lm, [args.prompt], gen)[0].text
+    steered = {}
+    for a in alphas:
+        cfg = SteerConfig(alpha=float(a), layers=args.layers)
+        steered[a] = generate(lm, [args.prompt], gen, vector, cfg)[0].text
+    if args.json:
+        print(json.dumps({"base": base, "steered": steered}))
+        return 0
+    print(f"=== base ===\n{base}\n")
+    for a, text in steered.items():
+        print(f"=== alpha {a} (layers {args.layers}) ===\n{text}\n")
+    return 0
+
+
+def _finite_float_or_error(text: str) -> float:
+    try:
+        return _finite_float(text)
+    except argparse.ArgumentTypeError as err:
+        raise SteerhealError(f"--alpha {err}: give a finite number such as 1.5 or -2.") from None
+
+
+@command("prepare")
+def cmd_prepare(args) -> int:
+    """Convert the bundled GGUF model to a safetensors cache once (make does this)."""
+    from steerheal.models import bundled_model_dir
+
+    print(f"bundled model ready at {bundled_model_dir()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steerheal", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("prepare", help="convert the bundled model once to a fast-loading cache")
+
+    p = sub.add_parser("vector", help="extract a contrastive steering vector and save it (safetensors)")
+    _model_args(p)
+    _persona_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("steer", help="print base and steered completions for one prompt")
+    _model_args(p)
+    _persona_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--alpha", action="append", help="steering strength (repeatable; negative allowed). Default 2.0")
+    p.add_argument("--layers", default="0.45-0.55", help="layer band: fractions 0.45-0.55 or indices 13-15")
+    p.add_argument("--vector", type=Path, help="a saved vector (default: extract the persona pair now)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--json", action="store_true")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except SteerhealError as err:
+        print(f"steerheal: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("steerheal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

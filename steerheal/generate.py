@@ -1,0 +1,149 @@
+"""Batched, seeded, left-padded chat generation, optionally steered; and a streaming variant."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from steerheal.batching import encode_left_padded
+from steerheal.chat import chat_prompt
+from steerheal.config import GenerationConfig, SteerConfig
+from steerheal.models import LoadedModel
+from steerheal.steering import steer
+from steerheal.vectors import SteeringVector
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    finished: bool  # ended with EOS rather than hitting max_new_tokens
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def _sampling_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
+    tok = lm.tokenizer
+    kwargs = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.min_new_tokens or None,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        repetition_penalty=1.0,  # never penalise: loops must stay visible to the filter
+    )
+    if cfg.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
+    return kwargs
+
+
+def _steering(lm: LoadedModel, vector: SteeringVector | None, steer_cfg: SteerConfig | None):
+    if vector is None or steer_cfg is None:
+        return nullcontext()
+    return steer(lm, vector, steer_cfg)
+
+
+def _strip(ids: list[int], lm: LoadedModel) -> tuple[list[int], bool]:
+    eos = lm.tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[:i], True
+    pad = lm.tokenizer.pad_token_id
+    while ids and ids[-1] == pad and pad not in eos_ids:
+        ids = ids[:-1]
+    return ids, False
+
+
+def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | None = None,
+             vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None,
+             progress: ProgressFn | None = None) -> list[Completion]:
+    """Answer each user prompt (with cfg.system_prompt), in batches, seeded by cfg.seed.
+
+    Prompts are sorted by length so batches carry little padding; results come back in
+    the order given.
+    """
+    cfg = (cfg or GenerationConfig()).validate()
+    rendered = [chat_prompt(lm.tokenizer, p, cfg.system_prompt) for p in prompts]
+    lengths = [len(lm.tokenizer(r, add_special_tokens=False).input_ids) for r in rendered]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results: list[Completion | None] = [None] * len(prompts)
+    kwargs = _sampling_kwargs(lm, cfg)
+    torch.manual_seed(cfg.seed)
+    done = 0
+    with _steering(lm, vector, steer_cfg), torch.inference_mode():
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            batch = encode_left_padded(lm.tokenizer, [rendered[i] for i in idx], lm.device)
+            out = lm.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+            new = out[:, batch["input_ids"].shape[1]:].tolist()
+            for row, i in enumerate(idx):
+                ids, finished = _strip(new[row], lm)
+                text = lm.tokenizer.decode(ids, skip_special_tokens=True)
+                results[i] = Completion(prompt=prompts[i], text=text, token_ids=ids, finished=finished)
+            done += len(idx)
+            if progress:
+                progress(done, len(prompts))
+    return [r for r in results if r is not None]
+
+
+class _StopFlag:
+    """A stopping criterion the consumer of a stream can trip."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig | None = None,
+           vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None) -> Iterator[str]:
+    """Yield the completion text so far, token by token. Closing the iterator stops generation.
+
+    Steering hooks sit on the shared model while the stream runs: do not run two streams
+    on one model at once (the app's preview service holds a lock).
+    """
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    cfg = (cfg or GenerationConfig()).validate()
+    text = chat_prompt(lm.tokenizer, prompt, cfg.system_prompt)
+    batch = encode_left_padded(lm.tokenizer, [text], lm.device)
+    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    stop = _StopFlag()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            torch.manual_seed(cfg.seed)
+            with torch.inference_mode():
+                lm.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  streamer=streamer, stopping_criteria=StoppingCriteriaList([stop]),
+                                  **_sampling_kwargs(lm, cfg))
+        except BaseException as err:  # surfaced to the consumer below
+            errors.append(err)
+            streamer.end()
+
+    with _steering(lm, vector, steer_cfg):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        so_far = ""
+        try:
+            for piece in streamer:
+                so_far += piece
+                yield so_far
+        finally:
+            stop.event.set()
+            thread.join()
+    if errors:
+        raise errors[0]
