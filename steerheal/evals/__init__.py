@@ -1,0 +1,1 @@
+"""Evaluations: the tinymfv moral-foundations forced choice, and fixed probe prompts."""
