@@ -158,6 +158,54 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+@command("eval")
+def cmd_eval(args) -> int:
+    from steerheal.config import LayerBand, SteerConfig, persona_system_prompt
+    from steerheal.evals.tinymfv import EvalConfig, evaluate
+    from steerheal.evals.tinymfv_data import load_vignettes
+    from steerheal.presets import persona_pair
+    from steerheal.progress import tqdm_progress
+    from steerheal.vectors import SteeringVector
+
+    cfg = EvalConfig(config=args.config, condition=args.condition, think_tokens=args.think_tokens,
+                     batch_size=args.batch_size, limit=args.limit, data_dir=args.data).validate()
+    if (args.vector is None) != (args.alpha is None):
+        raise SteerhealError("A steered eval needs both --vector FILE and --alpha A.")
+    data = load_vignettes(cfg.config, cfg.condition, cfg.data_dir)
+    if cfg.limit and cfg.limit > len(data.rows):
+        raise SteerhealError(f"--limit {cfg.limit} is larger than the data ({len(data.rows)} rows).")
+    vector = SteeringVector.load(args.vector) if args.vector else None
+    lm = _load(args)
+    steer_cfg, persona, stage = None, None, "base"
+    if vector is not None:
+        LayerBand(args.layers).resolve(lm.n_layers)
+        steer_cfg, stage = SteerConfig(alpha=args.alpha, layers=args.layers), "steered"
+    if args.persona_prompt:
+        persona, stage = persona_system_prompt(persona_pair(args.pair).pos), "prompted"
+    with tqdm_progress(f"tinymfv {cfg.config}/{cfg.condition} T={cfg.think_tokens}", unit="row") as progress:
+        result = evaluate(lm, data, cfg, stage=stage, vector=vector, steer_cfg=steer_cfg, persona_prompt=persona,
+                          progress=progress)
+    m = result.metrics
+    if args.json:
+        out = {k: v for k, v in m.items()}
+        out.update(stage=stage, data_source=result.meta["data_source"], warning=result.warning,
+                   seconds=result.meta["seconds"], think_tokens=cfg.think_tokens)
+        if args.rows:
+            out["rows"] = result.to_dict()["rows"]
+        print(json.dumps(out))
+        return 0
+    print(f"tinymfv {data.config}/{data.condition}, {m['n_rows']} rows, T = {cfg.think_tokens}, stage {stage}")
+    print(f"data: {result.meta['data_source']}")
+    print(f"{'foundation':<12} {'model p':>8} {'human p':>8}")
+    for key, p in m["profile"].items():
+        print(f"{key:<12} {p:>8.4f} {m['human_profile'][key]:>8.4f}")
+    print(f"auth_nats {m['auth_nats']:.4f}   care_nats {m['care_nats']:.4f}   coherence {m['coherence']:.4f} "
+          f"({result.meta['coherence_band']})   top1_acc {m['top1_acc']:.4f}   {result.meta['seconds']:.0f}s")
+    if result.warning:
+        print(f"WARNING: {result.warning}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerheal", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -183,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("eval", help="tinymfv forced-choice moral-foundations eval")
+    _model_args(p)
+    p.add_argument("--data", help="folder with vignettes_{config}_{condition}.jsonl (or set STEERHEAL_TINYMFV_DIR)")
+    p.add_argument("--config", default="classic", help="classic, scifi or ai-actor")
+    p.add_argument("--condition", default="other_violate", help="other_violate or self_violate")
+    p.add_argument("--think-tokens", type=int, default=128, help="think budget T (reference 128)")
+    p.add_argument("--limit", type=int, help="a stratified subset of N rows (never a prefix)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--vector", type=Path, help="evaluate steered with this vector (needs --alpha)")
+    p.add_argument("--alpha", type=_finite_float, help="steering strength for --vector")
+    p.add_argument("--layers", default="0.45-0.55")
+    p.add_argument("--persona-prompt", action="store_true", help="prompting baseline: the positive persona as system message")
+    p.add_argument("--pair", default="care-over-authority", help="persona preset for --persona-prompt")
+    p.add_argument("--rows", action="store_true", help="with --json, include per-row results")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -79,7 +79,9 @@ def schema_hint(reverse: bool = False) -> str:
     lines = ["This is wrong because:", "  {", '    "properties": {', '      "violation": {', '        "enum": [']
     lines += [f'          "{word}", # {gloss}' for word, gloss in options]
     lines += ["        ]", "      }", "    }", "  }"]
-    return "\n".join(lines)
+    # The hint ends with a newline: measured against the reference numbers, this matches
+    # auth_nats to 0.01 where the variant without it was 0.1 off.
+    return "\n".join(lines) + "\n"
 
 
 def user_message(vignette_text: str, reverse: bool) -> str:

@@ -1,0 +1,100 @@
+"""The forced-choice eval on the real bundled model and the real tinymfv data."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerheal.config import SteerConfig, persona_system_prompt
+from steerheal.evals.tinymfv import (PREFILL, THINK_CLOSE, THINK_OPEN, EvalConfig, evaluate, option_token_ids,
+                                     turn_markers, user_message)
+from steerheal.evals.tinymfv_data import load_vignettes
+from steerheal.chat import chat_prompt
+from steerheal.presets import persona_pair
+
+pytestmark = pytest.mark.integration
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "tinymfv"
+DATA_DIR = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason="tinymfv data not present")
+
+# Reference implementation (tinymfv b726db9), bundled SmolLM2-135M float32, 132 classic
+# other_violate rows, T = 16, batch 8 (issue 3).
+REFERENCE = dict(auth_nats=-4.5957, care_nats=-4.3409, coherence=0.13174, top1_acc=0.1212)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_vignettes("classic", "other_violate", data_dir=DATA_DIR)
+
+
+@pytest.fixture(scope="module")
+def full_run(lm, data):
+    return evaluate(lm, data, EvalConfig(think_tokens=16, batch_size=32))
+
+
+@needs_data
+def test_reference_care_and_coherence(full_run):
+    m = full_run.metrics
+    assert m["n_rows"] == 132
+    assert abs(m["coherence"] - REFERENCE["coherence"]) <= 0.005, m["coherence"]
+    assert m["top1_acc"] == pytest.approx(REFERENCE["top1_acc"], abs=0.008)
+    assert m["profile"]["Loyalty"] == pytest.approx(0.54347, abs=0.01)
+
+
+@needs_data
+def test_reference_auth_nats(full_run):
+    assert abs(full_run.metrics["auth_nats"] - REFERENCE["auth_nats"]) <= 0.02, full_run.metrics["auth_nats"]
+
+
+@needs_data
+@pytest.mark.xfail(strict=True, reason="known gap: ours -4.3193 vs reference -4.3409, 0.0016 over tolerance (issue 3 note)")
+def test_reference_care_nats(full_run):
+    assert abs(full_run.metrics["care_nats"] - REFERENCE["care_nats"]) <= 0.02, full_run.metrics["care_nats"]
+
+
+@needs_data
+def test_low_coherence_is_flagged_not_hidden(full_run):
+    assert full_run.meta["coherence_band"] == "broken"
+    assert "not meaningful" in full_run.warning
+    assert full_run.meta["comparable"] and "tinymfv files" in full_run.meta["data_source"]
+
+
+def test_cached_suffix_matches_a_flat_forward(lm):
+    """The think and suffix reuse the KV cache; the result must equal one plain forward."""
+    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else None
+    from steerheal.evals.tinymfv_data import demo_set
+
+    rows = (data or demo_set()).rows[:1]
+    res = evaluate(lm, type("D", (), {"rows": rows, "source": "t", "comparable": True, "config": "classic",
+                                      "condition": "other_violate"})(), EvalConfig(think_tokens=6))
+    frame = res.rows[0].frames["fwd"]
+    tok = lm.tokenizer
+    end_of_turn, opened = turn_markers(tok)
+    prompt = chat_prompt(tok, user_message(rows[0].text, False), None) + THINK_OPEN
+    think_ids = tok(frame["think"], add_special_tokens=False).input_ids
+    ids = tok(prompt, add_special_tokens=False).input_ids + think_ids + \
+        tok(THINK_CLOSE + end_of_turn + opened + PREFILL, add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        logits = lm.model(torch.tensor([ids])).logits[0, -1].float()
+    flat = torch.log_softmax(logits, -1)[torch.tensor(option_token_ids(tok))]
+    assert torch.allclose(flat, torch.tensor(frame["logprobs"]), atol=1e-3)
+
+
+def test_three_stages_on_a_stratified_subset(lm, care_vector):
+    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else None
+    from steerheal.evals.tinymfv_data import demo_set
+
+    data = data or demo_set()
+    cfg = EvalConfig(think_tokens=4, limit=14)
+    base = evaluate(lm, data, cfg)
+    zero = evaluate(lm, data, cfg, stage="steered", vector=care_vector, steer_cfg=SteerConfig(alpha=0.0))
+    steered = evaluate(lm, data, cfg, stage="steered", vector=care_vector, steer_cfg=SteerConfig(alpha=4.0))
+    prompted = evaluate(lm, data, cfg, stage="prompted",
+                        persona_prompt=persona_system_prompt(persona_pair().pos))
+    assert base.metrics["n_rows"] == 14 and len({r.foundation for r in base.rows}) == 7
+    assert zero.metrics["auth_nats"] == pytest.approx(base.metrics["auth_nats"], abs=1e-6)
+    assert steered.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
+    assert prompted.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
+    assert steered.meta["steer"]["alpha"] == 4.0 and prompted.meta["persona_prompt"].startswith("You are someone")
