@@ -173,6 +173,51 @@ def _eos_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
+def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _shared_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b)) - 1  # leave at least one token of each frame to run after the fork
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence]):
+    """Prefill the batch, computing each vignette's shared prefix once.
+
+    The two frames of a vignette share everything up to the first option line (system,
+    vignette, hint header): that prefix runs once, its KV cache is repeated for both
+    frames, and only the frame-specific rest runs twice. Padding sits at the start of each
+    part; the attention mask and position ids skip it.
+    """
+    pad = lm.tokenizer.pad_token_id
+    pairs = [(batch[k], batch[k + 1]) for k in range(0, len(batch), 2)]
+    shared_len = [_shared_prefix_len(a.prompt_ids, b.prompt_ids) for a, b in pairs]
+    shared_ids, mask = _left_pad([a.prompt_ids[:n] for (a, _), n in zip(pairs, shared_len)], pad, lm.device)
+    out = lm.model(input_ids=shared_ids, attention_mask=mask, position_ids=position_ids_for(mask),
+                   use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)
+    mask = mask.repeat_interleave(2, dim=0)
+    rest_ids, rest_mask = _left_pad([s.prompt_ids[n:] for pair, n in zip(pairs, shared_len) for s in pair], pad,
+                                    lm.device)
+    mask = torch.cat([mask, rest_mask], dim=1)
+    positions = position_ids_for(mask)[:, -rest_ids.shape[1]:]
+    out = lm.model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1)
+    return out, mask, positions
+
+
 @torch.inference_mode()
 def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int, suffix_ids: list[int],
                       option_ids: torch.Tensor, eos_ids: list[int]) -> tuple[list[list[int]], torch.Tensor]:
@@ -180,17 +225,8 @@ def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int
     cache. Returns each row's think ids and the log-softmax at the last suffix position,
     gathered at the option ids: (rows, 7), plus the full-vocab mass is computed by caller."""
     device = lm.device
-    pad = lm.tokenizer.pad_token_id
-    width = max(len(s.prompt_ids) for s in batch)
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, s in enumerate(batch):
-        input_ids[r, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-        mask[r, width - len(s.prompt_ids):] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = position_ids_for(mask)
     eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
-    out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    out, mask, positions = _prefill_frame_pairs(lm, batch)
     cache = out.past_key_values
     next_pos = positions[:, -1:] + 1
     think = []
@@ -241,11 +277,13 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
         for frame, reverse in (("fwd", False), ("rev", True)):
             text = chat_prompt(tok, user_message(row.text, reverse), system) + THINK_OPEN
             seqs.append(_Sequence(i, frame, tok(text, add_special_tokens=False).input_ids))
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k].prompt_ids))
+    # Seqs come in (fwd, rev) pairs per vignette; batches keep pairs together, sorted by length.
+    order = sorted(range(len(rows)), key=lambda i: len(seqs[2 * i].prompt_ids) + len(seqs[2 * i + 1].prompt_ids))
     per_frame: dict[tuple[int, str], dict] = {}
     done = 0
-    for start in range(0, len(order), batch_size):
-        batch = [seqs[k] for k in order[start : start + batch_size]]
+    pairs_per_batch = max(1, batch_size // 2)
+    for start in range(0, len(order), pairs_per_batch):
+        batch = [seqs[2 * i + f] for i in order[start : start + pairs_per_batch] for f in (0, 1)]
         think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, option_t, eos_ids)
         for r, s in enumerate(batch):
             ids = think_ids[r]
@@ -264,7 +302,7 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
                                            "read": how, "think": text}
         done += len(batch)
         if progress:
-            progress(done // 2, len(rows))
+            progress(min(done // 2, len(rows)), len(rows))
     results = []
     for i, row in enumerate(rows):
         frames = {f: per_frame[(i, f)] for f in ("fwd", "rev")}
