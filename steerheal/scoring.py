@@ -13,8 +13,9 @@ from steerheal.models import LoadedModel, final_hidden, project_logits
 
 
 def completion_token_logprobs(lm: LoadedModel, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]],
-                              system: str | None, batch_size: int = 8) -> list[torch.Tensor]:
-    """log p(token_t | prompt, tokens_<t) for each completion token, one tensor per row.
+                              system: str | None, batch_size: int = 8, full: bool = False) -> list[torch.Tensor]:
+    """log p(token_t | prompt, tokens_<t) for each completion token, one tensor per row
+    (with full=True: the whole log-softmax at each completion position, shape (n, V)).
 
     Only completion positions go through log-softmax (a full-vocabulary log-softmax over
     every position exhausts memory on large vocabularies).
@@ -39,10 +40,13 @@ def completion_token_logprobs(lm: LoadedModel, prompts: Sequence[str], completio
             hidden = final_hidden(lm, input_ids, mask, position_ids_for(mask))
             for r, (p, c) in enumerate(batch):
                 if not c:
-                    out.append(torch.zeros(0))
+                    out.append(torch.zeros((0, lm.model.config.get_text_config().vocab_size) if full else 0))
                     continue
                 positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=lm.device)
                 logp = torch.log_softmax(project_logits(lm, hidden[r, positions]).float(), dim=-1)
+                if full:
+                    out.append(logp.cpu())
+                    continue
                 targets = torch.tensor(c, device=lm.device)
                 out.append(logp.gather(-1, targets[:, None]).squeeze(-1).cpu())
     return out
