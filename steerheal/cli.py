@@ -206,6 +206,84 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _run_config(args):
+    import tomllib
+    from dataclasses import replace
+
+    from steerheal.loop import RunConfig
+
+    data: dict = {}
+    if args.config:
+        if not args.config.is_file():
+            raise SteerhealError(f"Config file {str(args.config)!r} does not exist.")
+        try:
+            data = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise SteerhealError(f"{args.config}: not valid TOML ({err}).") from None
+    try:
+        cfg = RunConfig.from_dict(data)
+    except TypeError as err:
+        raise SteerhealError(f"Bad run setting: {err}.") from None
+    top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
+                                         "seed", "model") if getattr(args, k) is not None}
+    heal = {k: getattr(args, k) for k in ("epochs", "agg", "tau", "lam", "ref") if getattr(args, k) is not None}
+    if args.data:
+        top["data_dir"] = args.data
+    return replace(cfg, **top, heal=replace(cfg.heal, **heal)).validate()
+
+
+@command("run")
+def cmd_run(args) -> int:
+    from steerheal.loop import run_loop, start_run
+    from steerheal.store import Store
+
+    store = Store(args.db)
+    if args.resume is not None:
+        run_id = args.resume
+        store.run(run_id)
+    else:
+        run_id = start_run(store, _run_config(args))
+    print(f"run {run_id}", flush=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="starting", file=sys.stderr, dynamic_ncols=True, bar_format="{desc} [{elapsed}]")
+
+    def progress(stage, info):
+        bar.set_description_str(f"round {info.get('round')}: {stage}"
+                                + (f" {info['step']}/{info['of']}" if "step" in info else ""))
+
+    run = run_loop(store, run_id, progress)
+    bar.close()
+    print(f"{'round':>5} {'stage':>9} {'auth_nats':>10} {'care_nats':>10} {'coherence':>10}")
+    for e in store.db["evals"].rows_where("run_id = ?", [run_id], order_by="round, stage"):
+        print(f"{e['round']:>5} {e['stage']:>9} {e['auth_nats']:>10.4f} {e['care_nats']:>10.4f} {e['coherence']:>10.4f}")
+    print(f"status: {run['status']}")
+    return 0
+
+
+@command("runs")
+def cmd_runs(args) -> int:
+    from steerheal.store import Store
+
+    store = Store(args.db)
+    out = []
+    for run in store.runs():
+        rounds = [r["round"] for r in store.rows("rounds", run["id"]) if r["status"] == "completed"]
+        healed = {e["round"]: e for e in store.rows("evals", run["id"], stage="healed")}
+        out.append(dict(id=run["id"], status=run["status"], model_id=run["model_id"], stage=run["stage"],
+                        rounds_completed=len(rounds),
+                        rounds=[dict(round=r, auth_nats=healed[r]["auth_nats"], coherence=healed[r]["coherence"])
+                                for r in sorted(healed)]))
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for r in out:
+        last = r["rounds"][-1] if r["rounds"] else None
+        tail = f"  last healed auth_nats {last['auth_nats']:.3f} coherence {last['coherence']:.3f}" if last else ""
+        print(f"run {r['id']:>3}  {r['status']:<11} rounds {r['rounds_completed']}  {r['stage']}{tail}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerheal", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -245,6 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persona-prompt", action="store_true", help="prompting baseline: the positive persona as system message")
     p.add_argument("--pair", default="care-over-authority", help="persona preset for --persona-prompt")
     p.add_argument("--rows", action="store_true", help="with --json, include per-row results")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="run (or resume) the steer-filter-heal-bake-eval loop")
+    p.add_argument("--config", type=Path, help="a run.toml (flags override it)")
+    p.add_argument("--db", default="runs.db")
+    p.add_argument("--resume", type=int, metavar="RUN_ID")
+    p.add_argument("--model")
+    p.add_argument("--data")
+    for flag, typ in (("--rounds", int), ("--n-completions", int), ("--max-new-tokens", int), ("--epochs", int),
+                      ("--eval-limit", int), ("--think-tokens", int), ("--seed", int), ("--tau", _finite_float),
+                      ("--lam", _finite_float)):
+        p.add_argument(flag, type=typ)
+    p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])
+    p.add_argument("--ref", choices=["base", "prev"])
+
+    p = sub.add_parser("runs", help="list runs in the store")
+    p.add_argument("--db", default="runs.db")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -1,0 +1,220 @@
+"""The multi-round steer -> filter -> heal -> bake -> eval loop (SCIENCE.md section 7).
+
+Every stage writes its results to the store before the next starts, and a stage whose
+results are already stored is skipped, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable
+
+import torch
+
+from steerheal import bake
+from steerheal.config import GenerationConfig, SteerConfig, persona_system_prompt
+from steerheal.errors import SteerhealError
+from steerheal.evals.probes import answer_probes
+from steerheal.evals.tinymfv import EvalConfig, evaluate
+from steerheal.evals.tinymfv_data import load_vignettes
+from steerheal.filters import FilterConfig, evaluate_completions
+from steerheal.generate import generate
+from steerheal.heal import MIN_EXAMPLES, HealConfig, TrainExample, heal
+from steerheal.models import load_model
+from steerheal.presets import axis_prompts, default_contexts, persona_pair
+from steerheal.store import Store
+from steerheal.vectors import SteeringVector, extract_vector
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Defaults run the care-over-authority experiment on the bundled model (CPU demo preset)."""
+
+    model: str = "bundled"
+    pair: str = "care-over-authority"
+    rounds: int = 3
+    alphas: tuple[float, ...] = (2.0, 3.0, 4.0)
+    layers: str = "0.45-0.55"
+    n_completions: int = 32
+    max_new_tokens: int = 64
+    think_tokens: int = 16
+    eval_limit: int | None = None
+    data_dir: str | None = None
+    curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
+    coherence_floor: float = 0.95
+    seed: int = 42
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
+
+    def validate(self) -> "RunConfig":
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise SteerhealError(f"rounds must be an integer >= 1, got {self.rounds!r}.")
+        if not self.alphas or any(not math.isfinite(float(a)) for a in self.alphas):
+            raise SteerhealError("Give at least one finite alpha.")
+        if not isinstance(self.n_completions, int) or self.n_completions < MIN_EXAMPLES:
+            raise SteerhealError(f"n_completions must be >= {MIN_EXAMPLES} (heal needs that many kept completions).")
+        if self.curation not in ("auto", "manual"):
+            raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
+        persona_pair(self.pair).validate()
+        GenerationConfig(max_new_tokens=self.max_new_tokens).validate()
+        EvalConfig(think_tokens=self.think_tokens, limit=self.eval_limit).validate()
+        self.filters.validate()
+        self.heal.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"filters", "heal"}
+        if unknown:
+            raise SteerhealError(f"Unknown run setting(s): {', '.join(sorted(unknown))}.")
+        filters = FilterConfig(**data.pop("filters", {}))
+        heal_data = data.pop("heal", {})
+        for key in ("depth", "betas"):
+            if key in heal_data:
+                heal_data[key] = tuple(heal_data[key])
+        if "alphas" in data:
+            data["alphas"] = tuple(float(a) for a in data["alphas"])
+        return cls(**{k: v for k, v in data.items() if k in known}, filters=filters, heal=HealConfig(**heal_data))
+
+
+def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
+    m = result.metrics
+    return dict(run_id=run_id, round=round_, stage=stage, auth_nats=m["auth_nats"], care_nats=m["care_nats"],
+                coherence=m["coherence"], top1_acc=m["top1_acc"],
+                metrics={k: v for k, v in m.items()}, rows=[r.__dict__ for r in result.rows], meta=result.meta)
+
+
+def _has(store: Store, table: str, run_id: int, round_: int, **where) -> bool:
+    return bool(store.rows(table, run_id, round_, **where))
+
+
+def start_run(store: Store, cfg: RunConfig) -> int:
+    cfg.validate()
+    return store.create_run(cfg.to_dict(), cfg.model, cfg.seed)
+
+
+def run_loop(store: Store, run_id: int, progress: Progress | None = None) -> dict:
+    """Run (or resume) a run to completion. Returns the run row."""
+    run = store.run(run_id)
+    cfg = RunConfig.from_dict(run["config"]).validate()
+    say = progress or (lambda stage, info: None)
+    store.set_run(run_id, status="running", error=None)
+    try:
+        _run(store, run_id, cfg, say)
+    except SteerhealError as err:
+        store.set_run(run_id, status="failed", error=str(err))
+        raise
+    except (KeyboardInterrupt, InterruptedError):
+        store.set_run(run_id, status="interrupted", error="interrupted")
+        raise
+    except Exception as err:
+        store.set_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    return store.run(run_id)
+
+
+def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
+    torch.manual_seed(cfg.seed)
+    lm = load_model(cfg.model)
+    data = load_vignettes(data_dir=cfg.data_dir)
+    ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
+    pair = persona_pair(cfg.pair)
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    # Rebuild the model at the last finished round from its adapters.
+    done_rounds = [r["round"] for r in store.rows("rounds", run_id) if r["status"] == "completed"]
+    adapters = [store.artifact(run_id, r, "adapter") for r in range(len(done_rounds))]
+    if any(a is None for a in adapters):
+        raise SteerhealError("A completed round's adapter file is missing: the run cannot be rebuilt.")
+    bake.load_adapters(lm, adapters)
+
+    if not _has(store, "evals", run_id, -1, stage="base"):
+        say("eval base", {"round": -1})
+        store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg))])
+        store.put("probes", [dict(run_id=run_id, round=-1, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
+                             for p in answer_probes(lm)])
+    if not _has(store, "evals", run_id, -1, stage="prompted"):
+        say("eval prompted", {"round": -1})
+        res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos))
+        store.put("evals", [_eval_row(run_id, -1, "prompted", res)])
+    base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"]
+    v0 = None
+    for round_ in range(len(done_rounds), cfg.rounds):
+        store.put("rounds", [dict(run_id=run_id, round=round_, status="running", started=None, finished=None)])
+        store.set_run(run_id, stage=f"round {round_}: vector")
+        say("vector", {"round": round_})
+        vector = extract_vector(lm, pair, default_contexts())
+        path = store.save_artifact(run_id, round_, "vector.safetensors", vector.save)
+        if round_ == 0:
+            v0 = vector
+        elif v0 is None:
+            v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
+        cos = vector.mean_cosine(v0)
+        store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256="", norms=vector.norms,
+                                   cos_v0=cos)])
+        if not _has(store, "completions", run_id, round_):
+            store.set_run(run_id, stage=f"round {round_}: generate")
+            prompts = [p for p in axis_prompts()]
+            jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
+            rows = []
+            for alpha in cfg.alphas:
+                mine = [(k, p) for k, (p, a) in enumerate(jobs) if a == alpha]
+                say("generate", {"round": round_, "alpha": alpha})
+                sc = SteerConfig(alpha=alpha, layers=cfg.layers)
+                comps = generate(lm, [p for _, p in mine], replace(gen_cfg, seed=cfg.seed + round_), vector, sc)
+                verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
+                                                [c.text for c in comps], gen_cfg.system_prompt, cfg.filters,
+                                                vector, [sc] * len(comps))
+                for (k, _), c, v in zip(mine, comps, verdicts):
+                    rows.append(dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
+                                     n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
+                                                                  "token_ids": c.token_ids},
+                                     auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons))
+            store.put("completions", sorted(rows, key=lambda r: r["idx"]))
+        if cfg.curation == "manual" and not _has(store, "train_logs", run_id, round_):
+            run = store.run(run_id)
+            if run["stage"] != f"round {round_}: curated":
+                store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
+                say("waiting", {"round": round_})
+                return
+        completions = store.rows("completions", run_id, round_)
+        kept = [c for c in completions
+                if (c["human_verdict"] if c["human_verdict"] is not None else c["auto_verdict"])]
+        import json as _json
+
+        examples = [TrainExample(c["prompt"], _json.loads(c["scores"])["token_ids"]) for c in kept]
+        store.set_run(run_id, stage=f"round {round_}: heal")
+        say("heal", {"round": round_, "kept": len(examples)})
+        bake.unmerge(lm)
+        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_,
+                      progress=lambda s, n, rec: say("heal step", {"round": round_, "step": s, "of": n, **rec}))
+        store.put("train_logs", [dict(run_id=run_id, round=round_, step=s["step"], loss=s["loss"], nll=s["nll"],
+                                      divergence=s["divergence"], barrier_fired=int(s["fired"]), lr=s["lr"])
+                                 for s in result.steps])
+        store.save_artifact(run_id, round_, "adapter", lambda tmp: bake.save_adapter(lm, round_, tmp))
+        store.set_run(run_id, stage=f"round {round_}: eval")
+        say("eval steered", {"round": round_})
+        mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
+        steered = evaluate(lm, data, ecfg, stage="steered", vector=vector,
+                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
+        say("eval healed", {"round": round_})
+        healed = evaluate(lm, data, ecfg, stage="healed")
+        store.put("evals", [_eval_row(run_id, round_, "steered", steered), _eval_row(run_id, round_, "healed", healed)])
+        store.put("probes", [dict(run_id=run_id, round=round_, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
+                             for p in answer_probes(lm)])
+        store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=None, finished=None)])
+        coherence = healed.metrics["coherence"]
+        floor = cfg.coherence_floor if base_coherence >= cfg.coherence_floor else cfg.coherence_floor * base_coherence
+        if coherence < floor:
+            say("stopped early", {"round": round_, "coherence": coherence, "floor": floor})
+            break
+    store.set_run(run_id, status="completed", stage="done")
