@@ -6,6 +6,7 @@ results are already stored is skipped, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -159,11 +160,12 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
         cos = vector.mean_cosine(v0)
-        store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256="", norms=vector.norms,
+        digest = store.rows("artifacts", run_id, round_, kind="vector.safetensors")[0]["sha256"]
+        store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest, norms=vector.norms,
                                    cos_v0=cos)])
         if not _has(store, "completions", run_id, round_):
             store.set_run(run_id, stage=f"round {round_}: generate")
-            prompts = [p for p in axis_prompts()]
+            prompts = axis_prompts()
             jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
             rows = []
             for alpha in cfg.alphas:
@@ -189,9 +191,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
         completions = store.rows("completions", run_id, round_)
         kept = [c for c in completions
                 if (c["human_verdict"] if c["human_verdict"] is not None else c["auto_verdict"])]
-        import json as _json
-
-        examples = [TrainExample(c["prompt"], _json.loads(c["scores"])["token_ids"]) for c in kept]
+        examples = [TrainExample(c["prompt"], json.loads(c["scores"])["token_ids"]) for c in kept]
         store.set_run(run_id, stage=f"round {round_}: heal")
         say("heal", {"round": round_, "kept": len(examples)})
         bake.unmerge(lm)

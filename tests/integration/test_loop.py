@@ -28,7 +28,9 @@ def test_one_round_stores_every_stage_and_resuming_duplicates_nothing(tmp_path):
     stages = {(e["round"], e["stage"]) for e in store.rows("evals", run_id)}
     assert stages == {(-1, "base"), (-1, "prompted"), (0, "steered"), (0, "healed")}
     assert len(store.rows("completions", run_id, 0)) == 6
-    assert store.rows("train_logs", run_id, 0) and store.rows("vectors", run_id, 0)
+    assert store.rows("train_logs", run_id, 0)
+    vector_row = store.rows("vectors", run_id, 0)[0]
+    assert len(vector_row["sha256"]) == 64 and vector_row["cos_v0"] == pytest.approx(1.0)
     probes = store.rows("probes", run_id, 0)
     assert probes[0]["prompt"] == "Do you love humanity?" and probes[0]["answer"]
     adapter = store.artifact(run_id, 0, "adapter")
