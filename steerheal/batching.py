@@ -31,3 +31,18 @@ def encode_left_padded(tokenizer, texts: Iterable[str], device: torch.device) ->
     batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     batch["position_ids"] = position_ids_for(batch["attention_mask"])
     return batch
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, device: torch.device, side: str = "left"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, attention mask), padded on the left (generation, reading the
+    last position) or on the right (training, teacher forcing)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            span = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            ids[i, span] = torch.tensor(list(r))
+            mask[i, span] = 1
+    return ids.to(device), mask.to(device)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from steerheal.bake import activate, adapter_names, add_adapter, merge, reference
-from steerheal.batching import chunks, position_ids_for
+from steerheal.batching import chunks, pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.config import DEFAULT_SYSTEM_PROMPT, _finite
 from steerheal.divergence import AGGREGATES, aggregate, token_kl
@@ -108,20 +108,16 @@ def _encode(lm: LoadedModel, examples: Sequence[TrainExample], system: str):
 
 def _batch_tensors(lm: LoadedModel, batch):
     """Right-padded ids, mask, and the (row, position) pairs that predict completion tokens."""
-    width = max(len(p) + len(c) for p, c in batch)
-    ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    dev = lm.device
+    ids, mask = pad_rows([p + c for p, c in batch], lm.tokenizer.pad_token_id, dev, side="right")
     rows, positions, targets, lengths = [], [], [], []
     for r, (p, c) in enumerate(batch):
         seq = p + c
-        ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
         rows += [r] * len(c)
         positions += list(range(len(p) - 1, len(seq) - 1))
         targets += c
         lengths.append(len(c))
-    dev = lm.device
-    return (ids.to(dev), mask.to(dev), torch.tensor(rows, device=dev), torch.tensor(positions, device=dev),
+    return (ids, mask, torch.tensor(rows, device=dev), torch.tensor(positions, device=dev),
             torch.tensor(targets, device=dev), lengths)
 
 

@@ -7,7 +7,6 @@ results are already stored is skipped, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
@@ -28,7 +27,6 @@ from steerheal.presets import axis_prompts, default_contexts, persona_pair
 from steerheal.store import Store
 from steerheal.vectors import SteeringVector, extract_vector
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, dict], None]
 
 
@@ -194,7 +192,6 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
         examples = [TrainExample(c["prompt"], json.loads(c["scores"])["token_ids"]) for c in kept]
         store.set_run(run_id, stage=f"round {round_}: heal")
         say("heal", {"round": round_, "kept": len(examples)})
-        bake.unmerge(lm)
         result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_,
                       progress=lambda s, n, rec: say("heal step", {"round": round_, "step": s, "of": n, **rec}))
         store.put("train_logs", [dict(run_id=run_id, round=round_, step=s["step"], loss=s["loss"], nll=s["nll"],

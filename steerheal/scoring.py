@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from steerheal.batching import chunks, position_ids_for
+from steerheal.batching import chunks, pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.models import LoadedModel, final_hidden, project_logits
 
@@ -29,14 +29,8 @@ def completion_token_logprobs(lm: LoadedModel, prompts: Sequence[str], completio
     pad = tok.pad_token_id
     with torch.inference_mode():
         for batch in chunks(rows, batch_size):
-            seqs = [p + c for p, c in batch]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):  # right padding: completions line up after their prompts
-                input_ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
+            # right padding: completions line up after their prompts
+            input_ids, mask = pad_rows([p + c for p, c in batch], pad, lm.device, side="right")
             hidden = final_hidden(lm, input_ids, mask, position_ids_for(mask))
             for r, (p, c) in enumerate(batch):
                 if not c:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from steerheal.batching import position_ids_for
+from steerheal.batching import pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.config import SteerConfig
 from steerheal.errors import SteerhealError
@@ -173,17 +173,6 @@ def _eos_ids(lm: LoadedModel) -> list[int]:
     return sorted(ids)
 
 
-def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _shared_prefix_len(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b)) - 1  # leave at least one token of each frame to run after the fork
     k = 0
@@ -203,13 +192,13 @@ def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence]):
     pad = lm.tokenizer.pad_token_id
     pairs = [(batch[k], batch[k + 1]) for k in range(0, len(batch), 2)]
     shared_len = [_shared_prefix_len(a.prompt_ids, b.prompt_ids) for a, b in pairs]
-    shared_ids, mask = _left_pad([a.prompt_ids[:n] for (a, _), n in zip(pairs, shared_len)], pad, lm.device)
+    shared_ids, mask = pad_rows([a.prompt_ids[:n] for (a, _), n in zip(pairs, shared_len)], pad, lm.device)
     out = lm.model(input_ids=shared_ids, attention_mask=mask, position_ids=position_ids_for(mask),
                    use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     cache.batch_repeat_interleave(2)
     mask = mask.repeat_interleave(2, dim=0)
-    rest_ids, rest_mask = _left_pad([s.prompt_ids[n:] for pair, n in zip(pairs, shared_len) for s in pair], pad,
+    rest_ids, rest_mask = pad_rows([s.prompt_ids[n:] for pair, n in zip(pairs, shared_len) for s in pair], pad,
                                     lm.device)
     mask = torch.cat([mask, rest_mask], dim=1)
     positions = position_ids_for(mask)[:, -rest_ids.shape[1]:]
@@ -220,10 +209,9 @@ def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence]):
 
 @torch.inference_mode()
 def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int, suffix_ids: list[int],
-                      option_ids: torch.Tensor, eos_ids: list[int]) -> tuple[list[list[int]], torch.Tensor]:
+                      eos_ids: list[int]) -> tuple[list[list[int]], torch.Tensor]:
     """Greedy think of exactly T tokens with a KV cache, then the suffix on top of the same
-    cache. Returns each row's think ids and the log-softmax at the last suffix position,
-    gathered at the option ids: (rows, 7), plus the full-vocab mass is computed by caller."""
+    cache. Returns each row's think ids and the full log-softmax at the last suffix position."""
     device = lm.device
     eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
     out, mask, positions = _prefill_frame_pairs(lm, batch)
@@ -284,7 +272,7 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
     pairs_per_batch = max(1, batch_size // 2)
     for start in range(0, len(order), pairs_per_batch):
         batch = [seqs[2 * i + f] for i in order[start : start + pairs_per_batch] for f in (0, 1)]
-        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, option_t, eos_ids)
+        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids)
         for r, s in enumerate(batch):
             ids = think_ids[r]
             text = tok.decode(ids, skip_special_tokens=False)
