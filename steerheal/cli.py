@@ -226,6 +226,8 @@ def _run_config(args):
         raise SteerhealError(f"Bad run setting: {err}.") from None
     top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
                                          "seed", "model") if getattr(args, k) is not None}
+    if args.random_control:
+        top["random_control"] = True
     heal = {k: getattr(args, k) for k in ("epochs", "agg", "tau", "lam", "ref") if getattr(args, k) is not None}
     if args.data:
         top["data_dir"] = args.data
@@ -284,6 +286,37 @@ def cmd_runs(args) -> int:
     return 0
 
 
+@command("export")
+def cmd_export(args) -> int:
+    from steerheal.export import export_round
+    from steerheal.store import Store
+
+    store = Store(args.db)
+    store.run(args.run_id)
+    manifest = export_round(store, args.run_id, args.round, args.out, merged=not args.no_merged,
+                            say=lambda msg: print(f"  {msg}", file=sys.stderr))
+    if args.json:
+        print(json.dumps({**manifest, "out": str(Path(args.out).resolve())}))
+    else:
+        print(f"exported run {args.run_id} round {args.round} to {Path(args.out).resolve()}")
+        for key in ("adapters", "merged", "vector"):
+            if manifest[key]:
+                print(f"  {key}: {manifest[key]}")
+    return 0
+
+
+@command("report")
+def cmd_report(args) -> int:
+    from steerheal.report import write_report
+    from steerheal.store import Store
+
+    store = Store(args.db)
+    for run_id in args.run_ids:
+        store.run(run_id)
+    print(f"wrote {write_report(store, args.run_ids, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerheal", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -337,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=typ)
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])
     p.add_argument("--ref", choices=["base", "prev"])
+    p.add_argument("--random-control", action="store_true", help="also eval a random vector of the same norms")
+
+    p = sub.add_parser("export", help="write a run's round-k adapters, merged model and vector")
+    p.add_argument("run_id", type=int, metavar="RUN_ID")
+    p.add_argument("--round", type=int, required=True, help="the round to export (0-based)")
+    p.add_argument("--out", required=True, type=Path, help="a new folder")
+    p.add_argument("--db", default="runs.db")
+    p.add_argument("--no-merged", action="store_true", help="skip the merged model (adapters and vector only)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="one self-contained HTML page with a run's charts and probe answers")
+    p.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
+    p.add_argument("--out", required=True, type=Path, help="the .html file to write")
+    p.add_argument("--db", default="runs.db")
 
     p = sub.add_parser("runs", help="list runs in the store")
     p.add_argument("--db", default="runs.db")

@@ -123,33 +123,50 @@ def evaluate_completions(lm, prompts: Sequence[str], completion_ids: Sequence[Se
                          steer_cfgs: Sequence[SteerConfig] | None = None, batch_size: int = 8) -> list[Verdict]:
     """Run every check. Tail perplexity is under the unsteered (base) model; the per-token KL
     of the steered distribution against base is computed when a vector and each completion's
-    steer config are given."""
+    steer config are given.
+
+    Work goes in chunks of `batch_size` completions that share a steer config, so at most one
+    chunk of full-vocabulary rows is alive at a time (a 262k vocabulary times 512 tokens is
+    0.5 GB per completion).
+    """
+    from steerheal.batching import chunks
     from steerheal.steering import steer
 
     cfg = (cfg or FilterConfig()).validate()
-    base_lp = completion_token_logprobs(lm, prompts, completion_ids, system, batch_size, full=True)
-    verdicts = []
-    for i, text in enumerate(texts):
-        chosen = base_lp[i].gather(-1, torch.tensor(list(completion_ids[i]), dtype=torch.long)[:, None]).squeeze(-1) \
-            if len(completion_ids[i]) else torch.zeros(0)
-        ppl = perplexity(chosen, cfg.tail_fraction)
-        ok = ppl < cfg.max_tail_perplexity
-        checks = [Check("tail_perplexity", ppl, cfg.max_tail_perplexity, bool(ok),
-                        "" if ok else f"tail perplexity {ppl:.1f} \u2265 {cfg.max_tail_perplexity:g}")]
-        verdicts.append(Verdict(checks + text_checks(text, cfg)))
-    if vector is not None and steer_cfgs is not None:
-        groups: dict[SteerConfig, list[int]] = {}
-        for i, sc in enumerate(steer_cfgs):
-            groups.setdefault(sc, []).append(i)
-        for sc, idx in groups.items():
-            with steer(lm, vector, sc):
-                steered_lp = completion_token_logprobs(lm, [prompts[i] for i in idx], [completion_ids[i] for i in idx],
-                                                       system, batch_size, full=True)
-            for i, lp in zip(idx, steered_lp):
-                summary = summarise_kl(token_kl(lp, base_lp[i]))
-                verdicts[i].kl = summary
-                if cfg.max_kl_rmse is not None:
-                    ok = summary["rmse"] < cfg.max_kl_rmse
-                    verdicts[i].checks.append(Check("kl_rmse", summary["rmse"], cfg.max_kl_rmse, ok,
-                                                    "" if ok else f"KL rmse {summary['rmse']:.2f} \u2265 {cfg.max_kl_rmse:g}"))
-    return verdicts
+    with_kl = vector is not None and steer_cfgs is not None
+    groups: dict[SteerConfig | None, list[int]] = {}
+    for i in range(len(texts)):
+        groups.setdefault(steer_cfgs[i] if with_kl else None, []).append(i)
+    verdicts: list[Verdict | None] = [None] * len(texts)
+    for sc, members in groups.items():
+        for idx in chunks(members, batch_size):
+            sub_prompts, sub_ids = [prompts[i] for i in idx], [completion_ids[i] for i in idx]
+            base_lp = completion_token_logprobs(lm, sub_prompts, sub_ids, system, batch_size, full=True)
+            steered_lp = None
+            if sc is not None:
+                with steer(lm, vector, sc):
+                    steered_lp = completion_token_logprobs(lm, sub_prompts, sub_ids, system, batch_size, full=True)
+            for k, i in enumerate(idx):
+                verdicts[i] = _verdict(texts[i], completion_ids[i], base_lp[k],
+                                       None if steered_lp is None else steered_lp[k], cfg)
+            del base_lp, steered_lp
+    return verdicts  # type: ignore[return-value]
+
+
+def _verdict(text: str, ids: Sequence[int], base_lp: torch.Tensor, steered_lp: torch.Tensor | None,
+             cfg: FilterConfig) -> Verdict:
+    chosen = base_lp.gather(-1, torch.tensor(list(ids), dtype=torch.long)[:, None]).squeeze(-1) \
+        if len(ids) else torch.zeros(0)
+    ppl = perplexity(chosen, cfg.tail_fraction)
+    ok = ppl < cfg.max_tail_perplexity
+    checks = [Check("tail_perplexity", ppl, cfg.max_tail_perplexity, bool(ok),
+                    "" if ok else f"tail perplexity {ppl:.1f} \u2265 {cfg.max_tail_perplexity:g}")]
+    verdict = Verdict(checks + text_checks(text, cfg))
+    if steered_lp is not None:
+        summary = summarise_kl(token_kl(steered_lp, base_lp))
+        verdict.kl = summary
+        if cfg.max_kl_rmse is not None:
+            ok = summary["rmse"] < cfg.max_kl_rmse
+            verdict.checks.append(Check("kl_rmse", summary["rmse"], cfg.max_kl_rmse, ok,
+                                        "" if ok else f"KL rmse {summary['rmse']:.2f} \u2265 {cfg.max_kl_rmse:g}"))
+    return verdict

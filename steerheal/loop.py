@@ -46,6 +46,7 @@ class RunConfig:
     data_dir: str | None = None
     curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
     coherence_floor: float = 0.95
+    random_control: bool = False  # also eval a random vector of the same norms (round 0, stage "random")
     seed: int = 42
     filters: FilterConfig = field(default_factory=FilterConfig)
     heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
@@ -93,6 +94,11 @@ def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
                 metrics={k: v for k, v in m.items()}, rows=[r.__dict__ for r in result.rows], meta=result.meta)
 
 
+def _train_row(run_id: int, round_: int, step: dict) -> dict:
+    return dict(run_id=run_id, round=round_, step=step["step"], loss=step["loss"], nll=step["nll"],
+                divergence=step["divergence"], barrier_fired=int(step["fired"]), lr=step["lr"])
+
+
 def _has(store: Store, table: str, run_id: int, round_: int, **where) -> bool:
     return bool(store.rows(table, run_id, round_, **where))
 
@@ -107,6 +113,7 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None) -> dic
     run = store.run(run_id)
     cfg = RunConfig.from_dict(run["config"]).validate()
     say = progress or (lambda stage, info: None)
+    store.remove_orphans(run_id)
     store.set_run(run_id, status="running", error=None)
     try:
         _run(store, run_id, cfg, say)
@@ -158,6 +165,12 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
         cos = vector.mean_cosine(v0)
+        mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
+        if round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
+            say("eval random control", {"round": round_})
+            res = evaluate(lm, data, ecfg, stage="random", vector=vector.random_like(cfg.seed),
+                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
+            store.put("evals", [_eval_row(run_id, 0, "random", res)])
         digest = store.rows("artifacts", run_id, round_, kind="vector.safetensors")[0]["sha256"]
         store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest, norms=vector.norms,
                                    cos_v0=cos)])
@@ -192,15 +205,19 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
         examples = [TrainExample(c["prompt"], json.loads(c["scores"])["token_ids"]) for c in kept]
         store.set_run(run_id, stage=f"round {round_}: heal")
         say("heal", {"round": round_, "kept": len(examples)})
-        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_,
-                      progress=lambda s, n, rec: say("heal step", {"round": round_, "step": s, "of": n, **rec}))
-        store.put("train_logs", [dict(run_id=run_id, round=round_, step=s["step"], loss=s["loss"], nll=s["nll"],
-                                      divergence=s["divergence"], barrier_fired=int(s["fired"]), lr=s["lr"])
-                                 for s in result.steps])
+
+        def log_step(step: int, total: int, rec: dict) -> None:
+            # one row per step as it happens, so the UI draws loss curves live; a re-run
+            # of the heal replaces them (keyed by run, round, step)
+            store.put("train_logs", [_train_row(run_id, round_, rec)])
+            store.set_run(run_id, stage=f"round {round_}: heal step {step}/{total}")
+            say("heal step", {"round": round_, "step": step, "of": total, **rec})
+
+        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_, progress=log_step)
+        store.put("train_logs", [_train_row(run_id, round_, s) for s in result.steps])
         store.save_artifact(run_id, round_, "adapter", lambda tmp: bake.save_adapter(lm, round_, tmp))
         store.set_run(run_id, stage=f"round {round_}: eval")
         say("eval steered", {"round": round_})
-        mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
         steered = evaluate(lm, data, ecfg, stage="steered", vector=vector,
                            steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
         say("eval healed", {"round": round_})

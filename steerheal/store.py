@@ -182,6 +182,14 @@ class Store:
                                     path=str(final.relative_to(self.path.parent)), sha256=sha256_of(final))])
         return final
 
+    def remove_orphans(self, run_id: int) -> list[Path]:
+        """Delete temporary files a killed writer left behind (names starting with '.')."""
+        root = self.artifact_dir(run_id)
+        removed = [p for p in root.rglob(".*")] if root.exists() else []
+        for p in sorted(removed, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return removed
+
     def artifact(self, run_id: int, round: int, kind: str) -> Path | None:
         rows = self.rows("artifacts", run_id, round, kind=kind)
         if not rows:

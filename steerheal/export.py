@@ -1,0 +1,91 @@
+"""Leave the app with your work: a run's round k as files other tools load.
+
+    DIR/adapters/round0 .. roundK   standard PEFT adapter directories (PeftModel.from_pretrained)
+    DIR/merged/                     base + adapters 0..K folded, a transformers directory
+                                    (AutoModelForCausalLM.from_pretrained) with its tokenizer
+    DIR/vector.safetensors          round K's steering vector
+    DIR/steerheal_export.json       what was exported, from which run and round
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from steerheal import bake
+from steerheal.errors import SteerhealError
+from steerheal.store import Store
+
+
+def completed_rounds(store: Store, run_id: int) -> list[int]:
+    return sorted(r["round"] for r in store.rows("rounds", run_id) if r["status"] == "completed")
+
+
+def round_adapters(store: Store, run_id: int, round_: int) -> list[Path]:
+    """The adapter directories of rounds 0..round_, checked to exist."""
+    done = completed_rounds(store, run_id)
+    if round_ not in done:
+        have = ", ".join(map(str, done)) or "none yet"
+        raise SteerhealError(f"Run {run_id} has no completed round {round_} (completed: {have}).")
+    paths = []
+    for r in range(round_ + 1):
+        path = store.artifact(run_id, r, "adapter")
+        if path is None:
+            raise SteerhealError(f"Run {run_id}: the adapter file of round {r} is missing from {store.artifact_root}.")
+        paths.append(path)
+    return paths
+
+
+def model_at_round(store: Store, run_id: int, round_: int):
+    """Load the run's model and rebuild it at round k (base + adapters 0..k, folded)."""
+    from steerheal.models import load_model
+
+    adapters = round_adapters(store, run_id, round_)
+    lm = load_model(store.run(run_id)["model_id"])
+    bake.load_adapters(lm, adapters)
+    return lm
+
+
+def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathLike, merged: bool = True,
+                 say: Callable[[str], None] = lambda msg: None) -> dict:
+    """Write the adapters, the merged model and the vector of round k into out_dir.
+
+    Everything is written into a temporary folder beside out_dir and renamed into place, so
+    an interrupted export never leaves a half-written directory under the final name.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise SteerhealError(f"{out} exists and is not empty: give a new --out folder.")
+    adapters = round_adapters(store, run_id, round_)
+    vector = store.artifact(run_id, round_, "vector.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for r, path in enumerate(adapters):
+            shutil.copytree(path, tmp / "adapters" / bake.adapter_name(r))
+            say(f"adapter round {r}")
+        if vector is not None:
+            shutil.copy2(vector, tmp / "vector.safetensors")
+        if merged:
+            say("merging adapters into the weights")
+            lm = model_at_round(store, run_id, round_)
+            bake.unmerge(lm)
+            plain = lm.model.merge_and_unload(adapter_names=bake.adapter_names(lm)) if bake.is_peft(lm) else lm.model
+            plain.save_pretrained(str(tmp / "merged"), safe_serialization=True)
+            lm.tokenizer.save_pretrained(str(tmp / "merged"))
+        manifest = dict(run_id=run_id, round=round_, model_id=store.run(run_id)["model_id"],
+                        adapters=[f"adapters/{bake.adapter_name(r)}" for r in range(round_ + 1)],
+                        merged="merged" if merged else None,
+                        vector="vector.safetensors" if vector is not None else None)
+        (tmp / "steerheal_export.json").write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
