@@ -317,6 +317,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+@command("worker")
+def cmd_worker(args) -> int:
+    """Run background jobs from the store's queue until stopped (SIGTERM / Ctrl-C)."""
+    import signal
+    import threading
+
+    from steerheal.jobs import work, worker_name
+    from steerheal.store import Store
+
+    store = Store(args.db)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.getLogger().setLevel(logging.INFO)
+    print(f"worker {worker_name()} on {store.path}", file=sys.stderr, flush=True)
+    count = work(store, poll_seconds=args.poll, once=args.once, stop=stop)
+    print(f"worker stopped after {count} job(s)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steerheal", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -384,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")
     p.add_argument("--out", required=True, type=Path, help="the .html file to write")
     p.add_argument("--db", default="runs.db")
+
+    p = sub.add_parser("worker", help="run background jobs (the app starts one; start more for more throughput)")
+    p.add_argument("--db", default="runs.db")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the queue")
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
 
     p = sub.add_parser("runs", help="list runs in the store")
     p.add_argument("--db", default="runs.db")

@@ -129,14 +129,17 @@ def evaluate_completions(lm, prompts: Sequence[str], completion_ids: Sequence[Se
     chunk of full-vocabulary rows is alive at a time (a 262k vocabulary times 512 tokens is
     0.5 GB per completion).
     """
+    from dataclasses import replace
+
     from steerheal.batching import chunks
-    from steerheal.steering import steer
+    from steerheal.steering import RowAlphas, steer
 
     cfg = (cfg or FilterConfig()).validate()
     with_kl = vector is not None and steer_cfgs is not None
+    # completions that differ only in alpha share a pass (each row steered with its own alpha)
     groups: dict[SteerConfig | None, list[int]] = {}
     for i in range(len(texts)):
-        groups.setdefault(steer_cfgs[i] if with_kl else None, []).append(i)
+        groups.setdefault(replace(steer_cfgs[i], alpha=1.0) if with_kl else None, []).append(i)
     verdicts: list[Verdict | None] = [None] * len(texts)
     for sc, members in groups.items():
         for idx in chunks(members, batch_size):
@@ -144,8 +147,11 @@ def evaluate_completions(lm, prompts: Sequence[str], completion_ids: Sequence[Se
             base_lp = completion_token_logprobs(lm, sub_prompts, sub_ids, system, batch_size, full=True)
             steered_lp = None
             if sc is not None:
-                with steer(lm, vector, sc):
-                    steered_lp = completion_token_logprobs(lm, sub_prompts, sub_ids, system, batch_size, full=True)
+                rows = RowAlphas()
+                with steer(lm, vector, sc, row_alphas=rows):
+                    steered_lp = completion_token_logprobs(lm, sub_prompts, sub_ids, system, batch_size, full=True,
+                                                           row_alphas=rows,
+                                                           alphas=[steer_cfgs[i].alpha for i in idx])
             for k, i in enumerate(idx):
                 verdicts[i] = _verdict(texts[i], completion_ids[i], base_lp[k],
                                        None if steered_lp is None else steered_lp[k], cfg)

@@ -12,8 +12,9 @@ import torch
 from steerheal.batching import encode_left_padded
 from steerheal.chat import chat_prompt
 from steerheal.config import GenerationConfig, SteerConfig
+from steerheal.errors import SteerhealError
 from steerheal.models import LoadedModel
-from steerheal.steering import steer
+from steerheal.steering import RowAlphas, steer
 from steerheal.vectors import SteeringVector
 
 ProgressFn = Callable[[int, int], None]
@@ -47,10 +48,11 @@ def _sampling_kwargs(lm: LoadedModel, cfg: GenerationConfig) -> dict:
     return kwargs
 
 
-def _steering(lm: LoadedModel, vector: SteeringVector | None, steer_cfg: SteerConfig | None):
+def _steering(lm: LoadedModel, vector: SteeringVector | None, steer_cfg: SteerConfig | None,
+              rows: RowAlphas | None = None):
     if vector is None or steer_cfg is None:
         return nullcontext()
-    return steer(lm, vector, steer_cfg)
+    return steer(lm, vector, steer_cfg, row_alphas=rows)
 
 
 def _strip(ids: list[int], lm: LoadedModel) -> tuple[list[int], bool]:
@@ -67,11 +69,12 @@ def _strip(ids: list[int], lm: LoadedModel) -> tuple[list[int], bool]:
 
 def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | None = None,
              vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None,
-             progress: ProgressFn | None = None) -> list[Completion]:
+             progress: ProgressFn | None = None, alphas: Sequence[float] | None = None) -> list[Completion]:
     """Answer each user prompt (with cfg.system_prompt), in batches, seeded by cfg.seed.
 
     Prompts are sorted by length so batches carry little padding; results come back in
-    the order given.
+    the order given. `alphas` gives each prompt its own strength (steer_cfg's alpha is then
+    unused), so a sweep over strengths runs in full batches.
     """
     cfg = (cfg or GenerationConfig()).validate()
     rendered = [chat_prompt(lm.tokenizer, p, cfg.system_prompt) for p in prompts]
@@ -81,9 +84,14 @@ def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | No
     kwargs = _sampling_kwargs(lm, cfg)
     torch.manual_seed(cfg.seed)
     done = 0
-    with _steering(lm, vector, steer_cfg), torch.inference_mode():
+    if alphas is not None and len(alphas) != len(prompts):
+        raise SteerhealError(f"Got {len(alphas)} alphas for {len(prompts)} prompts: give one per prompt.")
+    rows = RowAlphas() if alphas is not None else None
+    with _steering(lm, vector, steer_cfg, rows), torch.inference_mode():
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
+            if rows is not None:
+                rows.set(alphas[i] for i in idx)
             batch = encode_left_padded(lm.tokenizer, [rendered[i] for i in idx], lm.device)
             out = lm.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
             new = out[:, batch["input_ids"].shape[1]:].tolist()

@@ -36,6 +36,8 @@ class RunConfig:
 
     model: str = "bundled"
     pair: str = "care-over-authority"
+    pos: str | None = None  # custom personas override the preset's
+    neg: str | None = None
     rounds: int = 3
     alphas: tuple[float, ...] = (2.0, 3.0, 4.0)
     layers: str = "0.45-0.55"
@@ -60,12 +62,21 @@ class RunConfig:
             raise SteerhealError(f"n_completions must be >= {MIN_EXAMPLES} (heal needs that many kept completions).")
         if self.curation not in ("auto", "manual"):
             raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
-        persona_pair(self.pair).validate()
+        self.persona_pair()
         GenerationConfig(max_new_tokens=self.max_new_tokens).validate()
         EvalConfig(think_tokens=self.think_tokens, limit=self.eval_limit).validate()
         self.filters.validate()
         self.heal.validate()
         return self
+
+    def persona_pair(self):
+        from steerheal.config import PersonaPair
+
+        pair = persona_pair(self.pair)
+        if self.pos is not None or self.neg is not None:
+            pair = PersonaPair(pos=self.pos if self.pos is not None else pair.pos,
+                               neg=self.neg if self.neg is not None else pair.neg, name="custom")
+        return pair.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,20 +119,30 @@ def start_run(store: Store, cfg: RunConfig) -> int:
     return store.create_run(cfg.to_dict(), cfg.model, cfg.seed)
 
 
-def run_loop(store: Store, run_id: int, progress: Progress | None = None) -> dict:
-    """Run (or resume) a run to completion. Returns the run row."""
+def run_loop(store: Store, run_id: int, progress: Progress | None = None,
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or resume) a run to completion. Returns the run row.
+
+    `should_stop` is polled between stages and heal steps; when it returns True the run stops
+    with status "interrupted" (resumable) and InterruptedError is raised."""
     run = store.run(run_id)
     cfg = RunConfig.from_dict(run["config"]).validate()
-    say = progress or (lambda stage, info: None)
+    report = progress or (lambda stage, info: None)
+
+    def say(stage: str, info: dict) -> None:
+        if should_stop is not None and should_stop():
+            raise InterruptedError("cancelled")
+        report(stage, info)
+
     store.remove_orphans(run_id)
     store.set_run(run_id, status="running", error=None)
     try:
-        _run(store, run_id, cfg, say)
+        _run(store, run_id, cfg, say, should_stop)
     except SteerhealError as err:
         store.set_run(run_id, status="failed", error=str(err))
         raise
-    except (KeyboardInterrupt, InterruptedError):
-        store.set_run(run_id, status="interrupted", error="interrupted")
+    except (KeyboardInterrupt, InterruptedError) as err:
+        store.set_run(run_id, status="interrupted", error=str(err) or "interrupted")
         raise
     except Exception as err:
         store.set_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
@@ -129,12 +150,13 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None) -> dic
     return store.run(run_id)
 
 
-def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
+def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
+         should_stop: Callable[[], bool] | None = None) -> None:
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model)
     data = load_vignettes(data_dir=cfg.data_dir)
     ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
-    pair = persona_pair(cfg.pair)
+    pair = cfg.persona_pair()
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     # Rebuild the model at the last finished round from its adapters.
     done_rounds = [r["round"] for r in store.rows("rounds", run_id) if r["status"] == "completed"]
@@ -178,20 +200,19 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
             store.set_run(run_id, stage=f"round {round_}: generate")
             prompts = axis_prompts()
             jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
-            rows = []
-            for alpha in cfg.alphas:
-                mine = [(k, p) for k, (p, a) in enumerate(jobs) if a == alpha]
-                say("generate", {"round": round_, "alpha": alpha})
-                sc = SteerConfig(alpha=alpha, layers=cfg.layers)
-                comps = generate(lm, [p for _, p in mine], replace(gen_cfg, seed=cfg.seed + round_), vector, sc)
-                verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
-                                                [c.text for c in comps], gen_cfg.system_prompt, cfg.filters,
-                                                vector, [sc] * len(comps))
-                for (k, _), c, v in zip(mine, comps, verdicts):
-                    rows.append(dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
-                                     n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
-                                                                  "token_ids": c.token_ids},
-                                     auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons))
+            say("generate", {"round": round_, "n": len(jobs)})
+            sc = SteerConfig(alpha=1.0, layers=cfg.layers)
+            comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
+                             alphas=[a for _, a in jobs])
+            say("filter", {"round": round_})
+            verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
+                                            [c.text for c in comps], gen_cfg.system_prompt, cfg.filters, vector,
+                                            [replace(sc, alpha=a) for _, a in jobs])
+            rows = [dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
+                         n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
+                                                      "token_ids": c.token_ids},
+                         auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons)
+                    for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
             store.put("completions", sorted(rows, key=lambda r: r["idx"]))
         if cfg.curation == "manual" and not _has(store, "train_logs", run_id, round_):
             run = store.run(run_id)
@@ -213,7 +234,8 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress) -> None:
             store.set_run(run_id, stage=f"round {round_}: heal step {step}/{total}")
             say("heal step", {"round": round_, "step": step, "of": total, **rec})
 
-        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_, progress=log_step)
+        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_, progress=log_step,
+                      should_stop=should_stop)
         store.put("train_logs", [_train_row(run_id, round_, s) for s in result.steps])
         store.save_artifact(run_id, round_, "adapter", lambda tmp: bake.save_adapter(lm, round_, tmp))
         store.set_run(run_id, stage=f"round {round_}: eval")

@@ -7,15 +7,18 @@ from typing import Sequence
 
 import torch
 
-from steerheal.batching import chunks, pad_rows, position_ids_for
+from steerheal.batching import pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.models import LoadedModel, final_hidden, project_logits
 
 
 def completion_token_logprobs(lm: LoadedModel, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]],
-                              system: str | None, batch_size: int = 8, full: bool = False) -> list[torch.Tensor]:
+                              system: str | None, batch_size: int = 8, full: bool = False,
+                              row_alphas=None, alphas: Sequence[float] | None = None) -> list[torch.Tensor]:
     """log p(token_t | prompt, tokens_<t) for each completion token, one tensor per row
     (with full=True: the whole log-softmax at each completion position, shape (n, V)).
+    Under a `steer(..., row_alphas=R)` block, pass R and one alpha per row to steer each row
+    with its own strength.
 
     Only completion positions go through log-softmax (a full-vocabulary log-softmax over
     every position exhausts memory on large vocabularies).
@@ -28,7 +31,10 @@ def completion_token_logprobs(lm: LoadedModel, prompts: Sequence[str], completio
     out: list[torch.Tensor] = []
     pad = tok.pad_token_id
     with torch.inference_mode():
-        for batch in chunks(rows, batch_size):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            if row_alphas is not None:
+                row_alphas.set(alphas[start : start + batch_size])
             # right padding: completions line up after their prompts
             input_ids, mask = pad_rows([p + c for p, c in batch], pad, lm.device, side="right")
             hidden = final_hidden(lm, input_ids, mask, position_ids_for(mask))

@@ -36,14 +36,29 @@ class _StepCounter:
             self.step += 1
 
 
-def _make_hook(direction: torch.Tensor, cfg: SteerConfig, counter: _StepCounter):
+class RowAlphas:
+    """Per-row strengths for the batch now running, replacing cfg.alpha while set, so one
+    batch can mix several alphas (set `.values` before each forward of a new batch)."""
+
+    def __init__(self) -> None:
+        self.values: torch.Tensor | None = None
+
+    def set(self, alphas) -> None:
+        self.values = torch.as_tensor(list(alphas), dtype=torch.float32)
+
+
+def _make_hook(direction: torch.Tensor, cfg: SteerConfig, counter: _StepCounter, rows: RowAlphas | None):
     alpha = float(cfg.alpha)
     unit = direction / direction.norm().clamp_min(1e-12)
 
     def hook(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         vec = direction.to(dtype=hidden.dtype, device=hidden.device)
-        scale = alpha * (cfg.decay ** counter.step if cfg.decay != 1.0 else 1.0)
+        decay = cfg.decay ** counter.step if cfg.decay != 1.0 else 1.0
+        if rows is not None and rows.values is not None:
+            scale = (rows.values.to(device=hidden.device, dtype=hidden.dtype) * decay)[:, None, None]
+        else:
+            scale = alpha * decay
         add = scale * vec.expand_as(hidden)
         if cfg.positions == "generated" and hidden.shape[1] > 1:
             # In the prompt pass only the last position (which emits the first token) is steered.
@@ -64,8 +79,10 @@ def _make_hook(direction: torch.Tensor, cfg: SteerConfig, counter: _StepCounter)
 
 
 @contextmanager
-def steer(lm: "LoadedModel", vector: "SteeringVector", cfg: SteerConfig | None = None, **overrides) -> Iterator[list[int]]:
+def steer(lm: "LoadedModel", vector: "SteeringVector", cfg: SteerConfig | None = None,
+          row_alphas: RowAlphas | None = None, **overrides) -> Iterator[list[int]]:
     """Steer `lm` with `vector` inside the block. Yields the steered layer indices.
+    With `row_alphas`, each batch row gets its own strength (see RowAlphas).
 
     alpha = 0 adds nothing (token-for-token identical output); negative alpha steers
     towards the negative persona.
@@ -84,7 +101,7 @@ def steer(lm: "LoadedModel", vector: "SteeringVector", cfg: SteerConfig | None =
     handles = [lm.layers[layers[0]].register_forward_pre_hook(counter.pre_hook, with_kwargs=True)]
     try:
         for i in layers:
-            handles.append(lm.layers[i].register_forward_hook(_make_hook(vector.directions[i], cfg, counter)))
+            handles.append(lm.layers[i].register_forward_hook(_make_hook(vector.directions[i], cfg, counter, row_alphas)))
         yield layers
     finally:
         for handle in handles:

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +29,7 @@ _LIBRARIES = ("steerheal", "torch", "transformers", "peft", "gradio", "sqlite-ut
 SCHEMA: dict[str, dict[str, Any]] = {
     "runs": dict(columns={"id": int, "created": float, "updated": float, "status": str, "model_id": str,
                           "seed": int, "config": str, "versions": str, "git_commit": str, "error": str,
-                          "stage": str}, pk="id"),
+                          "stage": str, "kind": str}, pk="id"),
     "rounds": dict(columns={"run_id": int, "round": int, "status": str, "started": float, "finished": float},
                    pk=("run_id", "round")),
     "vectors": dict(columns={"run_id": int, "round": int, "path": str, "sha256": str, "norms": str,
@@ -45,7 +46,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
                                 "divergence": float, "barrier_fired": int, "lr": float}, pk="id"),
     "artifacts": dict(columns={"id": int, "run_id": int, "round": int, "kind": str, "path": str, "sha256": str},
                       pk="id"),
+    "jobs": dict(columns={"id": int, "kind": str, "params": str, "status": str, "run_id": int, "worker": str,
+                          "created": float, "started": float, "finished": float, "heartbeat": float,
+                          "progress": str, "result": str, "error": str, "cancel_requested": int}, pk="id"),
 }
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 UNIQUE = {
     "completions": ("run_id", "round", "idx"),
     "evals": ("run_id", "round", "stage"),
@@ -89,30 +94,44 @@ class Store:
 
     def __init__(self, path: str | os.PathLike = "runs.db"):
         self.path = Path(path).expanduser().resolve()
+        self._local = threading.local()  # one connection per thread: sqlite3 transactions are per connection
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), timeout=30, check_same_thread=False))
             self.db.enable_wal()
         except (OSError, sqlite3.Error) as err:
             raise SteerhealError(f"Cannot open the store {str(self.path)!r}: {err}. Give a writable --db path.") from None
         self.artifact_root = self.path.parent / f"{self.path.stem}_artifacts"
         self._ensure_schema()
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(sqlite3.connect(str(self.path), timeout=30))
+            db.execute("PRAGMA busy_timeout = 30000")
+            self._local.db = db
+        return db
+
     def _ensure_schema(self) -> None:
         with self.db.conn:
             for name, spec in SCHEMA.items():
                 if not self.db[name].exists():
                     self.db[name].create(spec["columns"], pk=spec["pk"])
+            for name, spec in SCHEMA.items():  # columns added since a DB was created
+                missing = set(spec["columns"]) - set(self.db[name].columns_dict)
+                for col in sorted(missing):
+                    self.db[name].add_column(col, spec["columns"][col])
             for name, cols in UNIQUE.items():
                 index = f"idx_{name}_unique"
                 if index not in {i.name for i in self.db[name].indexes}:
                     self.db[name].create_index(cols, index_name=index, unique=True)
 
     # runs -------------------------------------------------------------
-    def create_run(self, config: dict, model_id: str, seed: int) -> int:
+    def create_run(self, config: dict, model_id: str, seed: int, kind: str = "loop", status: str = "running") -> int:
+        """kind 'loop' is a heal run; 'batch' is a set of lab completions made for curation."""
         now = time.time()
         with self.db.conn:
-            table = self.db["runs"].insert(dict(created=now, updated=now, status="running", model_id=model_id,
+            table = self.db["runs"].insert(dict(created=now, updated=now, status=status, model_id=model_id, kind=kind,
                                                 seed=seed, config=json.dumps(config),
                                                 versions=json.dumps(library_versions()), git_commit=git_commit(),
                                                 error=None, stage="created"))
@@ -125,8 +144,9 @@ class Store:
             raise SteerhealError(f"No run {run_id} in {self.path}: `steerheal runs` lists them.") from None
         return {**row, "config": json.loads(row["config"]), "versions": json.loads(row["versions"])}
 
-    def runs(self) -> list[dict]:
-        return [self.run(r["id"]) for r in self.db["runs"].rows_where(order_by="id", select="id")]
+    def runs(self, kind: str | None = "loop") -> list[dict]:
+        where, args = ("coalesce(kind, 'loop') = ?", [kind]) if kind else (None, [])
+        return [self.run(r["id"]) for r in self.db["runs"].rows_where(where, args, order_by="id", select="id")]
 
     def set_run(self, run_id: int, **fields) -> None:
         if "status" in fields and fields["status"] not in RUN_STATUSES:
@@ -158,11 +178,109 @@ class Store:
             args.append(v)
         return list(self.db[table].rows_where(" and ".join(clauses), args, order_by="rowid"))
 
-    def set_human_verdict(self, completion_id: int, verdict: bool | None) -> None:
+    def set_human_verdict(self, completion_id: int | Iterable[int], verdict: bool | None) -> None:
+        ids = [completion_id] if isinstance(completion_id, int) else list(completion_id)
         with self.db.conn:
-            self.db["completions"].update(completion_id, {"human_verdict": None if verdict is None else int(verdict)})
+            for cid in ids:
+                self.db["completions"].update(cid, {"human_verdict": None if verdict is None else int(verdict)})
+
+    def set_auto_verdicts(self, verdicts: dict[int, bool]) -> None:
+        with self.db.conn:
+            for cid, ok in verdicts.items():
+                self.db["completions"].update(cid, {"auto_verdict": int(ok)})
+
+    # jobs: a queue in the store, claimed by worker processes -----------
+    def submit_job(self, kind: str, params: dict, run_id: int | None = None) -> int:
+        with self.db.conn:
+            table = self.db["jobs"].insert(dict(kind=kind, params=json.dumps(params), status="queued", run_id=run_id,
+                                                created=time.time(), cancel_requested=0, progress="{}"))
+        return int(table.last_pk)
+
+    def claim_job(self, worker: str) -> dict | None:
+        """Atomically take the oldest queued job (BEGIN IMMEDIATE: one claimant wins)."""
+        conn = self.db.conn
+        for _ in range(50):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.1)
+        else:
+            return None
+        try:
+            row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested = 0 "
+                               "ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                return None
+            now = time.time()
+            conn.execute("UPDATE jobs SET status = 'running', worker = ?, started = ?, heartbeat = ? WHERE id = ?",
+                         [worker, now, now, row[0]])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return self.job(row[0])
+
+    def job(self, job_id: int) -> dict:
+        try:
+            row = self.db["jobs"].get(job_id)
+        except sqlite_utils.db.NotFoundError:
+            raise SteerhealError(f"No job {job_id} in {self.path}.") from None
+        return {**row, **{k: json.loads(row[k]) if row[k] else {} for k in ("params", "progress", "result")}}
+
+    def jobs(self, limit: int = 50, kind: str | None = None, run_id: int | None = None) -> list[dict]:
+        clauses, args = [], []
+        if kind:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            args.append(run_id)
+        rows = self.db["jobs"].rows_where(" and ".join(clauses) or None, args, order_by="id desc", limit=limit,
+                                          select="id")
+        return [self.job(r["id"]) for r in rows]
+
+    def update_job(self, job_id: int, **fields) -> None:
+        if "status" in fields and fields["status"] not in JOB_STATUSES:
+            raise ValueError(f"bad job status {fields['status']}")
+        fields = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
+        with self.db.conn:
+            self.db["jobs"].update(job_id, fields)
+
+    def heartbeat(self, job_id: int) -> bool:
+        """Record that the job's worker is alive; returns whether cancellation was requested."""
+        with self.db.conn:
+            self.db["jobs"].update(job_id, {"heartbeat": time.time()})
+        return bool(self.db["jobs"].get(job_id)["cancel_requested"])
+
+    def request_cancel(self, job_id: int) -> None:
+        job = self.job(job_id)
+        with self.db.conn:
+            self.db["jobs"].update(job_id, {"cancel_requested": 1})
+            if job["status"] == "queued":
+                self.db["jobs"].update(job_id, {"status": "cancelled", "finished": time.time()})
+
+    def mark_stale_jobs(self, timeout: float = 30.0) -> list[int]:
+        """Running jobs whose worker stopped heartbeating are interrupted (and so are their runs)."""
+        cutoff = time.time() - timeout
+        stale = [r["id"] for r in self.db["jobs"].rows_where("status = 'running' and heartbeat < ?", [cutoff],
+                                                             select="id")]
+        for job_id in stale:
+            job = self.job(job_id)
+            self.update_job(job_id, status="interrupted", error="its worker stopped (killed or crashed)",
+                            finished=time.time())
+            if job["run_id"] is not None and self.run(job["run_id"])["status"] == "running":
+                self.set_run(job["run_id"], status="interrupted", error="its worker stopped (killed or crashed)")
+        return stale
 
     # artefacts ---------------------------------------------------------
+    def lab_dir(self) -> Path:
+        """Where lab artefacts made outside a run (vectors from the Personas page) live."""
+        path = self.artifact_root / "lab"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def artifact_dir(self, run_id: int) -> Path:
         return self.artifact_root / f"run-{run_id}"
 

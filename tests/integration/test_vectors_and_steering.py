@@ -146,3 +146,14 @@ def test_sampling_is_seeded(lm):
     c = generate(lm, axis_prompts()[:2], GenerationConfig(max_new_tokens=16, seed=8))
     assert [x.text for x in a] == [x.text for x in b]
     assert [x.text for x in a] != [x.text for x in c]
+
+
+def test_one_batch_with_a_different_alpha_per_row_matches_one_alpha_at_a_time(lm, care_vector):
+    prompts = ["Should rules ever be broken?", "Tell me about your day.", "Is obedience a virtue?",
+               "What do you owe a stranger?"]
+    gen = GenerationConfig(max_new_tokens=16, greedy=True)
+    mixed = generate(lm, prompts, gen, care_vector, SteerConfig(alpha=1.0), alphas=[0.0, 6.0, 0.0, 6.0])
+    plain = generate(lm, prompts[0::2], gen, care_vector, SteerConfig(alpha=0.0))
+    strong = generate(lm, prompts[1::2], gen, care_vector, SteerConfig(alpha=6.0))
+    assert [c.text for c in mixed] == [plain[0].text, strong[0].text, plain[1].text, strong[1].text]
+    assert mixed[1].text != generate(lm, prompts[1:2], gen)[0].text

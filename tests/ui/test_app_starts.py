@@ -1,37 +1,56 @@
-"""`make run` starts app.py: it must serve a page on localhost only."""
+"""`make run` starts app.py: localhost by default; exposed only with credentials."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ui.conftest import ROOT, free_port, start_app, stop_app, wait_http
 
 
-def test_app_serves_on_localhost(tmp_path):
+def test_app_serves_on_localhost_only_by_default(tmp_path):
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--db", str(tmp_path / "runs.db")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = start_app(tmp_path / "runs.db", port, workers=0, log=tmp_path / "app.log")
     try:
-        body = None
-        for _ in range(60):
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None and "steerheal" in body.lower()
+        wait_http(f"http://127.0.0.1:{port}/", proc)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert "steerheal" in body.lower()
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=20)[0]
+        stop_app(proc)
+    out = (tmp_path / "app.log").read_text()
     assert "127.0.0.1" in out and "0.0.0.0" not in out
+
+
+def test_exposing_the_app_without_credentials_is_refused(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "STEERHEAL_AUTH"}
+    res = subprocess.run([sys.executable, str(ROOT / "app.py"), "--host", "0.0.0.0", "--db", str(tmp_path / "r.db"),
+                          "--workers", "0"], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert res.returncode != 0
+    assert "STEERHEAL_AUTH" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r.db").exists(), "nothing may be created when the app refuses to start"
+
+
+def test_an_exposed_app_refuses_unauthenticated_requests(tmp_path):
+    port = free_port()
+    proc = start_app(tmp_path / "runs.db", port, workers=0, host="0.0.0.0",
+                     extra_env={"STEERHEAL_AUTH": "alice:s3cret-pass"}, log=tmp_path / "app.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", proc)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5)
+            status = 200
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status in (401, 403)
+        login = urllib.request.Request(f"http://127.0.0.1:{port}/login", method="POST",
+                                       data=b"username=alice&password=wrong",
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            urllib.request.urlopen(login, timeout=5)
+            wrong = 200
+        except urllib.error.HTTPError as err:
+            wrong = err.code
+        assert wrong in (400, 401, 403)
+    finally:
+        stop_app(proc)

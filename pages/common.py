@@ -1,0 +1,193 @@
+"""What every page shares: the store, the preview service, error handling and small views."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from pages.preview import PreviewService
+from steerheal.errors import SteerhealError
+from steerheal.store import Store
+
+log = logging.getLogger("steerheal.app")
+
+
+@dataclass
+class Lab:
+    """The app's own wiring: one store and one preview model for all sessions."""
+
+    store: Store
+    preview: PreviewService
+    data_dir: Path
+
+    @classmethod
+    def open(cls, db_path: str, model: str = "bundled") -> "Lab":
+        store = Store(db_path)
+        return cls(store=store, preview=PreviewService(model), data_dir=store.path.parent)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Show engine errors as a readable gr.Error, and anything unexpected as one line (the
+    trace goes to the server log, never to the page)."""
+
+    def _raise(err: BaseException):
+        if isinstance(err, gr.Error):
+            raise err
+        if isinstance(err, SteerhealError):
+            raise gr.Error(str(err), print_exception=False) from None
+        log.exception("unexpected error in %s", fn.__name__)
+        raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The details are in the server log.",
+                       print_exception=False) from None
+
+    if _is_generator(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                _raise(err)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            _raise(err)
+    return wrapper
+
+
+def _is_generator(fn: Callable) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
+
+
+def job_status_md(job: dict | None, what: str = "job") -> str:
+    """One readable line (with a progress bar) for a background job."""
+    if not job:
+        return ""
+    prog = job.get("progress") or {}
+    stage = prog.get("stage") or ""
+    done, total = prog.get("done"), prog.get("total")
+    bar = ""
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        frac = min(1.0, done / total)
+        bar = (f"<div class='sh-bar'><div style='width:{frac:.0%}'></div></div>"
+               f"<span class='sh-muted'>{done}/{total}</span>")
+    status = job["status"]
+    extra = ""
+    if status == "failed" and job.get("error"):
+        extra = f"<div class='sh-error'>{html.escape(job['error'])}</div>"
+    elif status == "interrupted":
+        extra = "<div class='sh-error'>Its worker stopped (killed or crashed). You can resume it.</div>"
+    elif status == "queued":
+        extra = "<div class='sh-muted'>Waiting for a worker (<code>steerheal worker</code>).</div>"
+    elapsed = ""
+    if job.get("started"):
+        end = job.get("finished") or time.time()
+        elapsed = f" · {end - job['started']:.0f} s"
+    round_ = prog.get("round")
+    where = f" · round {round_}" if round_ is not None and round_ >= 0 else ""
+    return (f"<div class='sh-job' data-status='{status}'><b>{what} #{job['id']}</b> "
+            f"<span class='sh-badge sh-{status}'>{status}</span>"
+            f"{' · ' + html.escape(stage) if stage and status == 'running' else ''}{where}{elapsed}{bar}{extra}</div>")
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    import math
+
+    parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        raise SteerhealError(f"Give at least one {what}, e.g. 2, 3, 4.")
+    out = []
+    for p in parts:
+        try:
+            value = float(p)
+        except ValueError:
+            raise SteerhealError(f"{what}: {p!r} is not a number.") from None
+        if not math.isfinite(value):
+            raise SteerhealError(f"{what}: {p!r} is not a finite number.")
+        out.append(value)
+    return out
+
+
+def as_int(value, what: str, lo: int | None = None, hi: int | None = None) -> int:
+    import math
+
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        raise SteerhealError(f"{what} must be a whole number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SteerhealError(f"{what} must be a whole number, got {value!r}.") from None
+    if number != int(number):
+        raise SteerhealError(f"{what} must be a whole number, got {value!r}.")
+    number = int(number)
+    if lo is not None and number < lo:
+        raise SteerhealError(f"{what} must be at least {lo}, got {number}.")
+    if hi is not None and number > hi:
+        raise SteerhealError(f"{what} must be at most {hi}, got {number}.")
+    return number
+
+
+def as_float(value, what: str, lo: float | None = None, hi: float | None = None) -> float:
+    import math
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SteerhealError(f"{what} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise SteerhealError(f"{what} must be a finite number.")
+    if lo is not None and number < lo:
+        raise SteerhealError(f"{what} must be at least {lo:g}, got {number:g}.")
+    if hi is not None and number > hi:
+        raise SteerhealError(f"{what} must be at most {hi:g}, got {number:g}.")
+    return number
+
+
+def run_choices(store: Store) -> list[tuple[str, int]]:
+    """(label, id) for the heal runs, newest first."""
+    out = []
+    for run in reversed(store.runs()):
+        cfg = run["config"]
+        label = (f"run {run['id']} · {run['status']} · {cfg.get('rounds')} rounds · {cfg.get('pair')}"
+                 f"{' (custom)' if cfg.get('pos') else ''}")
+        out.append((label, run["id"]))
+    return out
+
+
+def latest_job(store: Store, kind: str) -> dict | None:
+    jobs = store.jobs(limit=1, kind=kind)
+    return jobs[0] if jobs else None
+
+
+CSS = """
+.gradio-container { max-width: 1280px !important; }
+.sh-job { padding: .5rem .75rem; border-radius: 8px; background: var(--block-background-fill);
+          border: 1px solid var(--border-color-primary); }
+.sh-bar { display: inline-block; width: 180px; height: 8px; background: #e5e7eb; border-radius: 4px;
+          margin: 0 .5rem; vertical-align: middle; }
+.sh-bar > div { height: 8px; background: #2563eb; border-radius: 4px; }
+.sh-muted { color: #6b7280; font-size: .9em; }
+.sh-badge { display: inline-block; padding: 0 .5rem; border-radius: 999px; font-size: .85em; color: white;
+            background: #6b7280; }
+.sh-running, .sh-queued { background: #2563eb; } .sh-completed { background: #16a34a; }
+.sh-failed { background: #dc2626; } .sh-interrupted, .sh-waiting { background: #d97706; }
+.sh-error { color: #b91c1c; margin-top: .25rem; }
+.sh-warn { color: #92400e; background: #fffbeb; border: 1px solid #fcd34d; border-radius: 8px;
+           padding: .5rem .75rem; }
+.sh-kl span { border-radius: 3px; padding: 0 1px; }
+.sh-kl { line-height: 1.9; white-space: pre-wrap; font-family: var(--font-mono); font-size: .9em; }
+.sh-probe mark { background: #fde68a; }
+.sh-probe td, .sh-probe th { vertical-align: top; padding: .4rem; border: 1px solid var(--border-color-primary); }
+.sh-probe table { border-collapse: collapse; width: 100%; }
+"""

@@ -1,0 +1,124 @@
+"""Personas: the contrastive pair, the context pool, vector extraction, per-layer norms."""
+
+from __future__ import annotations
+
+import difflib
+
+import altair as alt
+import gradio as gr
+import pandas as pd
+
+from pages.common import Lab, friendly, job_status_md, latest_job
+from steerheal import jobs
+from steerheal.config import PersonaPair
+from steerheal.errors import SteerhealError
+from steerheal.presets import default_contexts, persona_presets, read_lines
+
+LOW_NORM_RATIO = 0.02  # |v| / |h| below this on every layer: the personas barely move the model
+
+
+def pair_warnings(pos: str, neg: str, contexts: list[str]) -> list[str]:
+    """Signs of a weak pair that are worth a look before spending compute."""
+    out = []
+    for side, text in (("positive", pos), ("negative", neg)):
+        if 0 < len(text.strip()) < 15:
+            out.append(f"The {side} persona is very short ({len(text.strip())} characters): describe the trait "
+                       "in a full phrase.")
+    ratio = difflib.SequenceMatcher(None, pos.lower(), neg.lower()).ratio()
+    if pos.strip() and neg.strip() and ratio > 0.9 and pos.strip().lower() != neg.strip().lower():
+        out.append(f"The two personas are {ratio:.0%} the same text: make them differ clearly on the trait.")
+    if 0 < len(contexts) < 8:
+        out.append(f"Only {len(contexts)} contexts: the mean difference will be noisy (the default pool has 80).")
+    return out
+
+
+def norm_warnings(result: dict) -> list[str]:
+    ratios = [n / max(h, 1e-9) for n, h in zip(result["norms"], result["residual_norms"])]
+    if max(ratios) < LOW_NORM_RATIO:
+        return [f"The vector is weak: |v| is under {LOW_NORM_RATIO:.0%} of the hidden-state norm on every layer "
+                f"(at most {max(ratios):.2%}). The personas barely change the model's states."]
+    return []
+
+
+def norms_chart(result: dict) -> alt.Chart:
+    df = pd.DataFrame({"layer": range(len(result["norms"])), "|v|": result["norms"],
+                       "|v| / |h|": [n / max(h, 1e-9) for n, h in zip(result["norms"], result["residual_norms"])]})
+    base = alt.Chart(df).encode(x=alt.X("layer:O", title="layer"))
+    bars = base.mark_bar(color="#2563eb").encode(
+        y=alt.Y("|v|:Q", title="|v| (steering vector norm)"),
+        tooltip=["layer", alt.Tooltip("|v|:Q", format=".3f"), alt.Tooltip("|v| / |h|:Q", format=".2%")])
+    ratio = base.mark_line(color="#d97706", point=True).encode(
+        y=alt.Y("|v| / |h|:Q", title="|v| / |h| (share of the hidden-state norm)", axis=alt.Axis(format="%")))
+    return alt.layer(bars, ratio).resolve_scale(y="independent").properties(
+        title="Steering vector norm per layer (bars) and relative to the residual stream (line)",
+        width=860, height=260)
+
+
+def build(lab: Lab, timer: gr.Timer) -> dict:
+    presets = persona_presets()
+    first = next(iter(presets))
+    gr.Markdown("## Personas\nTwo personas that differ only on the trait. The steering vector is the mean "
+                "difference of the model's hidden states between them, at the last prompt token, over the contexts.")
+    with gr.Row():
+        preset = gr.Dropdown(list(presets), value=first, label="Preset", elem_id="persona-preset", scale=1)
+        preset_info = gr.Markdown(presets[first].get("description", ""))
+    with gr.Row():
+        pos = gr.Textbox(presets[first]["pos"], label="Positive persona (\"You are ...\")", lines=2,
+                         elem_id="persona-pos")
+        neg = gr.Textbox(presets[first]["neg"], label="Negative persona (\"You are ...\")", lines=2,
+                         elem_id="persona-neg")
+    contexts = gr.Textbox("\n".join(default_contexts()), label="Context pool (one user message per line)",
+                          lines=6, max_lines=12, elem_id="persona-contexts")
+    warnings = gr.HTML(elem_id="persona-warnings")
+    with gr.Row():
+        extract = gr.Button("Extract vector", variant="primary", elem_id="extract-btn", scale=0, min_width=180)
+        status = gr.HTML(elem_id="extract-status")
+    chart = gr.Plot(label="Per-layer norms", elem_id="norms-chart")
+    vector_path = gr.State(None)
+    job_id = gr.State(None)
+
+    def load_preset(name):
+        p = presets[name]
+        return p["pos"], p["neg"], p.get("description", "")
+
+    preset.change(load_preset, preset, [pos, neg, preset_info])
+
+    def warn(pos_text, neg_text, ctx_text):
+        items = pair_warnings(pos_text, neg_text, read_lines(ctx_text))
+        return "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in items)
+
+    for box in (pos, neg, contexts):
+        box.change(warn, [pos, neg, contexts], warnings)
+
+    @friendly
+    def submit(pos_text, neg_text, ctx_text):
+        PersonaPair(pos=pos_text, neg=neg_text).validate()
+        ctx = read_lines(ctx_text)
+        if not ctx:
+            raise SteerhealError("The context pool is empty: give at least one user message per line.")
+        if len(ctx) > 5000:
+            raise SteerhealError(f"{len(ctx)} contexts is too many for one extraction: keep it under 5000.")
+        jid = jobs.submit(lab.store, "vector", dict(model=lab.preview.model_name, pos=pos_text, neg=neg_text,
+                                                    contexts=ctx))
+        return jid, job_status_md(lab.store.job(jid), "extraction")
+
+    def refresh(jid, current_path):
+        """Poll the extraction job; when it finishes, show the norms and hand the vector on."""
+        job = lab.store.job(jid) if jid else latest_job(lab.store, "vector")
+        if job is None:
+            return gr.skip(), "<span class='sh-muted'>No vector yet.</span>", current_path, gr.skip()
+        md = job_status_md(job, "extraction")
+        if job["status"] == "completed" and job["result"].get("path") != current_path:
+            res = job["result"]
+            md += "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in norm_warnings(res))
+            md += (f"<div class='sh-muted'>Saved {res['path']} ({res['n_layers']} layers). "
+                   "The Steer page uses it now.</div>")
+            return norms_chart(res), md, res["path"], gr.update(interactive=True)
+        busy = job["status"] in ("queued", "running")
+        return gr.skip(), md, current_path, gr.update(interactive=not busy)
+
+    extract.click(lambda: gr.update(interactive=False), None, extract, queue=False).then(
+        submit, [pos, neg, contexts], [job_id, status]).then(
+        refresh, [job_id, vector_path], [chart, status, vector_path, extract])
+    timer.tick(refresh, [job_id, vector_path], [chart, status, vector_path, extract], show_progress="hidden")
+    return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path)

@@ -1,0 +1,107 @@
+"""Steer: base and steered answers side by side, streamed; the steered text shaded by its
+per-token KL against base; a batch of completions for curation as a background job."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats
+from steerheal import jobs
+from steerheal.config import LayerBand
+from steerheal.errors import SteerhealError
+
+KL_FULL_SCALE = 2.0  # nats at which the shading is darkest
+
+
+def kl_html(tokens: list[tuple[str, float]], alpha: float) -> str:
+    if not tokens:
+        return ""
+    spans = []
+    for text, kl in tokens:
+        strength = max(0.0, min(1.0, kl / KL_FULL_SCALE))
+        spans.append(f"<span title='KL {kl:.3f} nats' style='background: rgba(220,38,38,{strength:.2f})'>"
+                     f"{html.escape(text)}</span>")
+    worst = max(kl for _, kl in tokens)
+    mean = sum(kl for _, kl in tokens) / len(tokens)
+    legend = (f"<div class='sh-muted'>Each token shaded by KL(steered ‖ base) at its position: white = 0, "
+              f"darkest red ≥ {KL_FULL_SCALE:g} nats. Mean {mean:.3f}, max {worst:.3f} nats. Hover for values.</div>")
+    return f"<div class='sh-kl' id='kl-shaded' data-alpha='{alpha:g}'>{''.join(spans)}</div>{legend}"
+
+
+def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
+    gr.Markdown("## Steer\nPreview the vector: the same prompt and seed answered without and with steering. "
+                "Negative strengths steer towards the negative persona.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox("My manager told me to hide a safety problem from the customers. What should I do?",
+                                label="Prompt", lines=2, elem_id="steer-prompt")
+        with gr.Column(scale=2):
+            alpha = gr.Slider(-12, 12, value=3.0, step=0.25, label="Strength α", elem_id="steer-alpha")
+            with gr.Row():
+                layers = gr.Textbox("0.45-0.55", label="Layer band", elem_id="steer-layers",
+                                    info="fractions of depth (0.45-0.55) or indices (13-15)")
+                max_tokens = gr.Number(64, label="Max tokens", precision=0, elem_id="steer-max-tokens")
+                seed = gr.Number(0, label="Seed", precision=0, elem_id="steer-seed")
+    with gr.Row():
+        go = gr.Button("Preview", variant="primary", elem_id="preview-btn", scale=0, min_width=160)
+        stop = gr.Button("Stop", elem_id="preview-stop", scale=0, min_width=100)
+    with gr.Row(equal_height=True):
+        base_out = gr.Textbox(label="Base (α = 0)", lines=8, interactive=False, elem_id="base-out")
+        steered_out = gr.Textbox(label="Steered", lines=8, interactive=False, elem_id="steered-out")
+    shaded = gr.HTML(elem_id="kl-view")
+
+    @friendly
+    def preview(vector_path, prompt_text, a, band, n_tokens, seed_value):
+        a = as_float(a, "Strength α", -100, 100)
+        n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
+        seed_value = as_int(seed_value, "Seed", 0)
+        LayerBand(band)  # syntax check before the model loads
+        steered = ""
+        for base, steered in lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value):
+            yield base, steered, gr.skip()
+        yield gr.skip(), gr.skip(), kl_html(lab.preview.token_kl(vector_path, prompt_text, steered, a, band), a)
+
+    event = go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed],
+                     [base_out, steered_out, shaded], concurrency_limit=1)
+    stop.click(None, cancels=[event])
+
+    gr.Markdown("### A batch for curation\nGenerate completions over several strengths in the background; "
+                "the Curate page shows them with every filter score.")
+    with gr.Row():
+        n = gr.Number(12, label="Completions", precision=0, elem_id="batch-n")
+        alphas = gr.Textbox("2, 3, 4", label="Strengths (comma-separated)", elem_id="batch-alphas")
+        batch_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="batch-max-tokens")
+        batch_go = gr.Button("Generate for curation", elem_id="batch-btn", scale=0, min_width=200)
+    batch_status = gr.HTML(elem_id="batch-status")
+    batch_job = gr.State(None)
+
+    @friendly
+    def submit_batch(vector_path, count, alpha_text, band, n_tokens, seed_value):
+        if not vector_path:
+            raise SteerhealError("No steering vector yet: extract one on the Personas page first.")
+        count = as_int(count, "Completions", 1, 2000)
+        n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
+        LayerBand(band)
+        jid = jobs.submit(lab.store, "generate", dict(model=lab.preview.model_name, vector=vector_path, n=count,
+                                                      alphas=parse_floats(alpha_text, "strength"), layers=band,
+                                                      max_new_tokens=n_tokens,
+                                                      seed=as_int(seed_value, "Seed", 0)))
+        return jid, job_status_md(lab.store.job(jid), "generation")
+
+    def poll(jid):
+        if not jid:
+            return gr.skip(), gr.skip()
+        job = lab.store.job(jid)
+        md = job_status_md(job, "generation")
+        if job["status"] == "completed":
+            md += (f"<div class='sh-muted'>Batch {job['result']['batch_id']} with {job['result']['n']} completions is "
+                   "ready on the Curate page.</div>")
+        return md, gr.update(interactive=job["status"] not in ("queued", "running"))
+
+    batch_go.click(lambda: gr.update(interactive=False), None, batch_go, queue=False).then(
+        submit_batch, [personas["vector_path"], n, alphas, layers, batch_tokens, seed], [batch_job, batch_status]).then(
+        poll, batch_job, [batch_status, batch_go])
+    timer.tick(poll, batch_job, [batch_status, batch_go], show_progress="hidden")
+    return dict(layers=layers)

@@ -1,0 +1,97 @@
+"""The job queue in the store: claimed once, cancellable, heartbeats, stale workers."""
+
+import threading
+import time
+
+import pytest
+
+from steerheal import jobs
+from steerheal.errors import SteerhealError
+from steerheal.store import Store
+
+
+def test_a_job_is_claimed_by_exactly_one_of_many_workers(tmp_path):
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    ids = [store.submit_job("vector", {"n": i}) for i in range(5)]
+    claims: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        mine = Store(db)  # each worker has its own connection, as separate processes do
+        while (job := mine.claim_job(name)) is not None:
+            with lock:
+                claims.append((name, job["id"]))
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(j for _, j in claims) == ids
+    assert all(store.job(j)["status"] == "running" and store.job(j)["worker"] for j in ids)
+
+
+def test_cancelling_a_queued_job_means_no_worker_ever_runs_it(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    jid = store.submit_job("vector", {})
+    store.request_cancel(jid)
+    assert store.job(jid)["status"] == "cancelled"
+    assert store.claim_job("w") is None
+
+
+def test_a_running_job_sees_cancel_through_its_heartbeat(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs.db")
+    started = threading.Event()
+
+    def slow(store_, params, ctx, models):
+        started.set()
+        for _ in range(200):
+            ctx.check()
+            time.sleep(0.05)
+        return {"finished": True}
+
+    monkeypatch.setitem(jobs.HANDLERS, "vector", slow)
+    monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.05)
+    jid = store.submit_job("vector", {})
+    job = store.claim_job("w")
+    runner = threading.Thread(target=jobs.run_job, args=(Store(tmp_path / "runs.db"), job))
+    runner.start()
+    started.wait(5)
+    store.request_cancel(jid)
+    runner.join(10)
+    assert store.job(jid)["status"] == "cancelled"
+    assert store.job(jid)["heartbeat"] > store.job(jid)["started"]
+
+
+def test_a_job_whose_worker_died_is_marked_interrupted_with_its_run(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run({"rounds": 1}, "bundled", 0)
+    jid = store.submit_job("loop", {"run_id": run_id}, run_id=run_id)
+    store.claim_job("w")
+    assert store.mark_stale_jobs(timeout=60) == []  # fresh heartbeat: still alive
+    store.update_job(jid, heartbeat=time.time() - 120)
+    assert store.mark_stale_jobs(timeout=60) == [jid]
+    assert store.job(jid)["status"] == "interrupted"
+    assert store.run(run_id)["status"] == "interrupted"
+
+
+def test_job_errors_become_readable_job_failures(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs.db")
+
+    def bad(*_):
+        raise SteerhealError("The context pool is empty.")
+
+    def broken(*_):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(jobs.HANDLERS, "vector", bad)
+    monkeypatch.setitem(jobs.HANDLERS, "generate", broken)
+    store.submit_job("vector", {})
+    store.submit_job("generate", {})
+    assert jobs.work(store, once=True) == 1 and jobs.work(store, once=True) == 1
+    first, second = store.jobs(limit=2)[::-1]
+    assert first["status"] == "failed" and first["error"] == "The context pool is empty."
+    assert second["status"] == "failed" and "ZeroDivisionError" in second["error"]
+    with pytest.raises(SteerhealError, match="Unknown job kind"):
+        jobs.submit(store, "mine-bitcoin", {})
