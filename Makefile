@@ -13,7 +13,9 @@ HOST ?= 127.0.0.1
 PORT ?= 7860
 DB ?= runs.db
 
-.PHONY: setup run test test-fast bench clean
+BROWSER_STAMP := $(VENV)/.steerheal-browser
+
+.PHONY: setup browser run test test-fast bench clean
 
 setup: $(SETUP_STAMP)
 
@@ -26,10 +28,22 @@ $(SETUP_STAMP): pyproject.toml
 	$(VENV)/bin/steerheal prepare
 	touch $@
 
+# Debian's Chromium for the Playwright browser tests (playwright cannot download browsers here).
+browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): | $(SETUP_STAMP)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "Chromium is missing: install it (sudo apt-get install chromium) to run the browser tests"; exit 1; fi; \
+	fi
+	touch $@
+
 run: setup
 	$(PY) app.py --host $(HOST) --port $(PORT) --db $(DB)
 
-test: setup
+test: export STEERHEAL_REQUIRE_BROWSER := 1
+test: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: setup

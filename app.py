@@ -65,18 +65,16 @@ def auth_from_env(host: str) -> tuple[str, str] | None:
 
 
 def start_workers(db_path: str, count: int) -> list[subprocess.Popen]:
-    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path])
-             for _ in range(count)]
+    """Workers run in their own session: Ctrl-C on the app does not reach them, and when the
+    app exits they are asked (SIGTERM) to finish the job in hand and then stop. So restarting
+    the UI never cuts a job short."""
+    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path],
+                              start_new_session=True) for _ in range(count)]
 
     def stop() -> None:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
     atexit.register(stop)
     return procs

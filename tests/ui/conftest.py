@@ -73,6 +73,8 @@ def app_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
+        if os.environ.get("STEERHEAL_REQUIRE_BROWSER") == "1":  # make test / CI: a missing browser is a failure
+            pytest.fail(f"Chromium not found at {CHROMIUM}")
         pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (make test does this)")
     from playwright.sync_api import sync_playwright
 

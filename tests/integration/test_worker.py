@@ -1,0 +1,70 @@
+"""A real worker process runs a loop job; killed mid-run, its job and run show as interrupted,
+and a new worker resumes the run to the end without duplicating rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from steerheal import jobs
+from steerheal.heal import HealConfig
+from steerheal.loop import RunConfig, start_run
+from steerheal.store import Store
+
+pytestmark = pytest.mark.integration
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
+DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
+TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=16, think_tokens=2, eval_limit=7, data_dir=DATA,
+                 heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+
+
+def _worker(db: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", str(db), "--poll", "0.2", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_worker_leaves_an_interrupted_run_that_a_new_worker_finishes(tmp_path):
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    run_id = start_run(store, replace(TINY, seed=7))
+    job_id = jobs.submit(store, "loop", {"run_id": run_id}, run_id=run_id)
+    worker = _worker(db)
+    try:
+        _wait(lambda: store.job(job_id)["status"] == "running", 60, "the worker to claim the job")
+        _wait(lambda: store.rows("evals", run_id, -1, stage="base"), 300, "the base eval")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert store.job(job_id)["status"] == "running"  # nobody has noticed yet
+    assert store.mark_stale_jobs(timeout=0) == [job_id]
+    assert store.job(job_id)["status"] == "interrupted" and store.run(run_id)["status"] == "interrupted"
+
+    store.set_run(run_id, status="running", error=None)
+    resume_id = jobs.submit(store, "loop", {"run_id": run_id}, run_id=run_id)
+    again = _worker(db, "--once")
+    assert again.wait(timeout=900) == 0
+    job = store.job(resume_id)
+    assert job["status"] == "completed", job["error"]
+    assert store.run(run_id)["status"] == "completed"
+    stages = sorted((e["round"], e["stage"]) for e in store.rows("evals", run_id))
+    assert stages == [(-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered")]
+    assert len(store.rows("completions", run_id)) == 6
+    assert json.loads(json.dumps(job["progress"]))  # progress was reported through the store
