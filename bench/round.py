@@ -68,6 +68,13 @@ def main() -> None:
         print(f"  {name:<8} {timings[-1][1]:7.1f} s", flush=True)
         return out
 
+    a, w = torch.randn(4096, 576), torch.randn(1536, 576)
+    torch.nn.functional.linear(a, w)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        torch.nn.functional.linear(a, w)
+    host_gflops = 10 * 2 * 4096 * 576 * 1536 / (time.perf_counter() - t0) / 1e9
+    print(f"host float32 matmul: {host_gflops:.0f} GFLOP/s (absolute times scale with it)")
     lm = load_model(args.model)
     print(f"model {lm.model_id} on {lm.device}, {torch.get_num_threads()} threads", flush=True)
     data = load_vignettes(data_dir=args.data)

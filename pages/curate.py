@@ -192,7 +192,7 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         if len(kept) < MIN_EXAMPLES:
             raise SteerhealError(f"Only {len(kept)} completions are kept; heal needs at least {MIN_EXAMPLES}. "
                                  "Approve more.")
-        lab.store.set_run(run_id, status="running", stage=f"round {round_}: curated")
+        lab.store.mark_curated(run_id, round_)
         jid = jobs.submit(lab.store, "loop", dict(run_id=run_id), run_id=run_id)
         return f"Run {run_id} continues (job {jid}) with {len(kept)} kept completions: see the Heal page.", \
             gr.update(visible=False)

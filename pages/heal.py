@@ -16,7 +16,7 @@ from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.heal import HealConfig
 from steerheal.loop import RunConfig, start_run
-from steerheal.presets import persona_presets
+from steerheal.presets import default_contexts, persona_presets, read_lines
 
 RESUMABLE = ("interrupted", "failed")
 
@@ -67,6 +67,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             epochs = gr.Number(h.epochs, label="Epochs", precision=0, elem_id="heal-epochs")
             eval_limit = gr.Number(0, label="Eval rows (0 = all)", precision=0, elem_id="heal-eval-limit")
             think = gr.Number(d.think_tokens, label="Think tokens T", precision=0, elem_id="heal-think")
+            probe_tokens = gr.Number(d.probe_tokens, label="Probe answer tokens", precision=0,
+                                     elem_id="heal-probe-tokens")
             seed = gr.Number(d.seed, label="Seed", precision=0, elem_id="heal-seed")
             random_control = gr.Checkbox(False, label="Random-vector control", elem_id="heal-random")
     with gr.Row():
@@ -81,11 +83,16 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
     curve = gr.Plot(label="Training curves", elem_id="loss-chart")
 
     fields = [rounds, alphas, n_comp, max_tokens, curation, agg, tau, lam, lam_power, ref, rank, lr, epochs,
-              eval_limit, think, seed, random_control, personas["pos"], personas["neg"], steer["layers"]]
+              eval_limit, think, probe_tokens, seed, random_control, personas["pos"], personas["neg"],
+              personas["contexts"], steer["layers"]]
 
     def config_from(rounds_v, alphas_v, n_v, tokens_v, curation_v, agg_v, tau_v, lam_v, power_v, ref_v, rank_v,
-                    lr_v, epochs_v, limit_v, think_v, seed_v, random_v, pos_v, neg_v, layers_v) -> RunConfig:
+                    lr_v, epochs_v, limit_v, think_v, probe_v, seed_v, random_v, pos_v, neg_v, contexts_v,
+                    layers_v) -> RunConfig:
         limit = as_int(limit_v, "Eval rows", 0)
+        pool = read_lines(contexts_v or "")
+        if not pool:
+            raise SteerhealError("The context pool on the Personas page is empty: give one user message per line.")
         preset = next((name for name, p in persona_presets().items() if (p["pos"], p["neg"]) == (pos_v, neg_v)),
                       None)
         rank_i = as_int(rank_v, "LoRA rank", 1, 1024)
@@ -97,6 +104,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
                          max_new_tokens=as_int(tokens_v, "Max tokens", 1, 4096), curation=curation_v,
                          eval_limit=limit or None, think_tokens=as_int(think_v, "Think tokens", 1, 4096),
                          seed=as_int(seed_v, "Seed", 0), random_control=bool(random_v),
+                         probe_tokens=as_int(probe_v, "Probe answer tokens", 1, 4096),
+                         contexts=None if pool == default_contexts() else tuple(pool),
                          pair=preset or d.pair, pos=None if preset else pos_v, neg=None if preset else neg_v,
                          layers=layers_v or d.layers, model=lab.preview.model_name, heal=heal_cfg).validate()
 

@@ -225,7 +225,7 @@ def _run_config(args):
     except TypeError as err:
         raise SteerhealError(f"Bad run setting: {err}.") from None
     top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
-                                         "seed", "model") if getattr(args, k) is not None}
+                                         "seed", "model", "n_contexts", "probe_tokens") if getattr(args, k) is not None}
     if args.random_control:
         top["random_control"] = True
     heal = {k: getattr(args, k) for k in ("epochs", "agg", "tau", "lam", "ref") if getattr(args, k) is not None}
@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--data")
     for flag, typ in (("--rounds", int), ("--n-completions", int), ("--max-new-tokens", int), ("--epochs", int),
-                      ("--eval-limit", int), ("--think-tokens", int), ("--seed", int), ("--tau", _finite_float),
+                      ("--eval-limit", int), ("--think-tokens", int), ("--seed", int), ("--n-contexts", int),
+                      ("--probe-tokens", int), ("--tau", _finite_float),
                       ("--lam", _finite_float)):
         p.add_argument(flag, type=typ)
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])

@@ -48,6 +48,9 @@ class RunConfig:
     data_dir: str | None = None
     curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
     coherence_floor: float = 0.95
+    contexts: tuple[str, ...] | None = None  # a custom context pool (None: the 80 bundled ones)
+    n_contexts: int | None = None  # extract from the first N contexts only (None: all)
+    probe_tokens: int = 96
     random_control: bool = False  # also eval a random vector of the same norms (round 0, stage "random")
     seed: int = 42
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -60,6 +63,10 @@ class RunConfig:
             raise SteerhealError("Give at least one finite alpha.")
         if not isinstance(self.n_completions, int) or self.n_completions < MIN_EXAMPLES:
             raise SteerhealError(f"n_completions must be >= {MIN_EXAMPLES} (heal needs that many kept completions).")
+        if self.n_contexts is not None and (not isinstance(self.n_contexts, int) or self.n_contexts < 1):
+            raise SteerhealError(f"n_contexts must be a positive integer or unset, got {self.n_contexts!r}.")
+        if not isinstance(self.probe_tokens, int) or not 1 <= self.probe_tokens <= 4096:
+            raise SteerhealError(f"probe_tokens must be an integer in 1..4096, got {self.probe_tokens!r}.")
         if self.curation not in ("auto", "manual"):
             raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
         self.persona_pair()
@@ -93,6 +100,8 @@ class RunConfig:
         for key in ("depth", "betas"):
             if key in heal_data:
                 heal_data[key] = tuple(heal_data[key])
+        if data.get("contexts") is not None:
+            data["contexts"] = tuple(str(c) for c in data["contexts"])
         if "alphas" in data:
             data["alphas"] = tuple(float(a) for a in data["alphas"])
         return cls(**{k: v for k, v in data.items() if k in known}, filters=filters, heal=HealConfig(**heal_data))
@@ -169,7 +178,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         say("eval base", {"round": -1})
         store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg))])
         store.put("probes", [dict(run_id=run_id, round=-1, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
-                             for p in answer_probes(lm)])
+                             for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
     if not _has(store, "evals", run_id, -1, stage="prompted"):
         say("eval prompted", {"round": -1})
         res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos))
@@ -177,10 +186,14 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
     base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"]
     v0 = None
     for round_ in range(len(done_rounds), cfg.rounds):
-        store.put("rounds", [dict(run_id=run_id, round=round_, status="running", started=None, finished=None)])
+        earlier = store.rows("rounds", run_id, round_)
+        curated = bool(earlier) and earlier[0]["status"] == "curated"
+        store.put("rounds", [dict(run_id=run_id, round=round_, status="curated" if curated else "running",
+                                  started=None, finished=None)])
         store.set_run(run_id, stage=f"round {round_}: vector")
         say("vector", {"round": round_})
-        vector = extract_vector(lm, pair, default_contexts())
+        pool = list(cfg.contexts) if cfg.contexts else default_contexts()
+        vector = extract_vector(lm, pair, pool[: cfg.n_contexts])
         path = store.save_artifact(run_id, round_, "vector.safetensors", vector.save)
         if round_ == 0:
             v0 = vector
@@ -214,12 +227,11 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
                          auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons)
                     for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
             store.put("completions", sorted(rows, key=lambda r: r["idx"]))
-        if cfg.curation == "manual" and not _has(store, "train_logs", run_id, round_):
-            run = store.run(run_id)
-            if run["stage"] != f"round {round_}: curated":
-                store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
-                say("waiting", {"round": round_})
-                return
+        if cfg.curation == "manual" and not curated:
+            store.put("rounds", [dict(run_id=run_id, round=round_, status="waiting", started=None, finished=None)])
+            store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
+            say("waiting", {"round": round_})
+            return
         completions = store.rows("completions", run_id, round_)
         kept = [c for c in completions
                 if (c["human_verdict"] if c["human_verdict"] is not None else c["auto_verdict"])]
@@ -246,7 +258,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         healed = evaluate(lm, data, ecfg, stage="healed")
         store.put("evals", [_eval_row(run_id, round_, "steered", steered), _eval_row(run_id, round_, "healed", healed)])
         store.put("probes", [dict(run_id=run_id, round=round_, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
-                             for p in answer_probes(lm)])
+                             for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
         store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=None, finished=None)])
         coherence = healed.metrics["coherence"]
         floor = cfg.coherence_floor if base_coherence >= cfg.coherence_floor else cfg.coherence_floor * base_coherence

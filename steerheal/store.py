@@ -184,6 +184,13 @@ class Store:
             for cid in ids:
                 self.db["completions"].update(cid, {"human_verdict": None if verdict is None else int(verdict)})
 
+    def mark_curated(self, run_id: int, round: int) -> None:
+        """A person has reviewed this round's completions: the loop may train on them."""
+        with self.db.conn:
+            self.db["rounds"].upsert(dict(run_id=run_id, round=round, status="curated"), pk=("run_id", "round"))
+            self.db["runs"].update(run_id, {"status": "running", "stage": f"round {round}: curated",
+                                            "updated": time.time()})
+
     def set_auto_verdicts(self, verdicts: dict[int, bool]) -> None:
         with self.db.conn:
             for cid, ok in verdicts.items():

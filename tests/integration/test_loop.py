@@ -16,17 +16,20 @@ pytestmark = pytest.mark.integration
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
 DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
 
-TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7, data_dir=DATA,
+TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7, data_dir=DATA, n_contexts=16,
+                 probe_tokens=24,
                  heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
 
 
 def test_one_round_stores_every_stage_and_resuming_duplicates_nothing(tmp_path):
+    from dataclasses import replace
+
     store = Store(tmp_path / "runs.db")
-    run_id = start_run(store, TINY)
+    run_id = start_run(store, replace(TINY, random_control=True))
     run = run_loop(store, run_id)
     assert run["status"] == "completed"
     stages = {(e["round"], e["stage"]) for e in store.rows("evals", run_id)}
-    assert stages == {(-1, "base"), (-1, "prompted"), (0, "steered"), (0, "healed")}
+    assert stages == {(-1, "base"), (-1, "prompted"), (0, "random"), (0, "steered"), (0, "healed")}
     assert len(store.rows("completions", run_id, 0)) == 6
     assert store.rows("train_logs", run_id, 0)
     vector_row = store.rows("vectors", run_id, 0)[0]
@@ -52,3 +55,22 @@ def test_bad_config_fails_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(SteerhealError, match=message):
         start_run(store, replace(TINY, **kwargs))
     assert store.db["runs"].count == 0
+
+
+def test_manual_curation_waits_for_a_person_then_trains_on_their_verdicts(tmp_path):
+    from dataclasses import replace
+
+    store = Store(tmp_path / "runs.db")
+    run_id = start_run(store, replace(TINY, curation="manual", seed=3))
+    run = run_loop(store, run_id)
+    assert run["status"] == "waiting" and "waiting for curation" in run["stage"]
+    assert not store.rows("train_logs", run_id) and len(store.rows("completions", run_id, 0)) == 6
+    assert run_loop(store, run_id)["status"] == "waiting"  # nothing moves until a person has looked
+    ids = [c["id"] for c in store.rows("completions", run_id, 0)]
+    store.set_human_verdict(ids[:5], True)
+    store.set_human_verdict(ids[5], False)
+    store.mark_curated(run_id, 0)
+    run = run_loop(store, run_id)
+    assert run["status"] == "completed"
+    assert store.rows("train_logs", run_id, 0)
+    assert [c["human_verdict"] for c in store.rows("completions", run_id, 0)] == [1, 1, 1, 1, 1, 0]

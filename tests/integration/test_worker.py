@@ -20,7 +20,8 @@ from steerheal.store import Store
 pytestmark = pytest.mark.integration
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
 DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
-TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=16, think_tokens=2, eval_limit=7, data_dir=DATA,
+TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=16, think_tokens=2, eval_limit=7, data_dir=DATA, n_contexts=16,
+                 probe_tokens=24,
                  heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
 
 
