@@ -38,21 +38,22 @@ def _check_map(row: dict) -> dict:
     return {c["name"]: c for c in scores.get("checks", [])}, scores.get("kl", {})
 
 
-def verdict_under(checks: dict, kl: dict, cfg: FilterConfig) -> tuple[bool, list[str]]:
-    """Recompute the automatic verdict from stored scores under new thresholds."""
-    reasons = []
+def verdict_under(checks: dict, kl: dict, cfg: FilterConfig) -> tuple[bool, list[tuple[str, str]]]:
+    """Recompute the automatic verdict from stored scores under new thresholds: (kept, [(check, reason)])."""
+    failed = []
     if "tail_perplexity" in checks and not checks["tail_perplexity"]["score"] < cfg.max_tail_perplexity:
-        reasons.append(f"tail perplexity {checks['tail_perplexity']['score']:.1f} ≥ {cfg.max_tail_perplexity:g}")
+        failed.append(("tail perplexity",
+                       f"tail perplexity {checks['tail_perplexity']['score']:.1f} ≥ {cfg.max_tail_perplexity:g}"))
     if "repetition" in checks and not checks["repetition"]["score"] < cfg.max_repetition:
-        reasons.append(f"repetition {checks['repetition']['score']:.2f} ≥ {cfg.max_repetition:g}")
+        failed.append(("repetition", f"repetition {checks['repetition']['score']:.2f} ≥ {cfg.max_repetition:g}"))
     for name, on in (("narration", cfg.reject_narration), ("refusal", cfg.reject_refusal)):
         if on and name in checks and not checks[name]["passed"]:
-            reasons.append(checks[name]["reason"])
+            failed.append((name, checks[name]["reason"]))
     if "empty" in checks:
-        reasons.append("empty completion")
+        failed.append(("empty", "empty completion"))
     if cfg.max_kl_rmse is not None and kl and not kl.get("rmse", 0.0) < cfg.max_kl_rmse:
-        reasons.append(f"KL rmse {kl['rmse']:.2f} ≥ {cfg.max_kl_rmse:g}")
-    return not reasons, reasons
+        failed.append(("KL rmse", f"KL rmse {kl['rmse']:.2f} ≥ {cfg.max_kl_rmse:g}"))
+    return not failed, failed
 
 
 def table(rows: list[dict], cfg: FilterConfig) -> tuple[pd.DataFrame, dict[int, bool], str]:
@@ -60,13 +61,13 @@ def table(rows: list[dict], cfg: FilterConfig) -> tuple[pd.DataFrame, dict[int, 
     kept_n = 0
     for r in rows:
         checks, kl = _check_map(r)
-        auto, reasons = verdict_under(checks, kl, cfg)
+        auto, failed = verdict_under(checks, kl, cfg)
         autos[r["id"]] = auto
         human = r["human_verdict"]
         kept = bool(human) if human is not None else auto
         kept_n += kept
-        for reason in reasons:
-            dropped[reason.split(" ")[0] if reason[0].islower() else reason.split(":")[0]] += 1
+        for check, _ in failed:
+            dropped[check] += 1
         records.append({
             "id": r["id"], "alpha": r["alpha"], "prompt": r["prompt"], "text": r["text"],
             "tail ppl": round(checks.get("tail_perplexity", {}).get("score", float("nan")), 1),
@@ -74,7 +75,7 @@ def table(rows: list[dict], cfg: FilterConfig) -> tuple[pd.DataFrame, dict[int, 
             "KL rmse": round(kl.get("rmse", float("nan")), 3) if kl else None,
             "auto": "keep" if auto else "drop",
             "human": {None: "", 1: "approved", 0: "rejected"}[human],
-            "kept": "✓" if kept else "✗", "reasons": "; ".join(reasons)})
+            "kept": "✓" if kept else "✗", "reasons": "; ".join(reason for _, reason in failed)})
     frame = pd.DataFrame(records, columns=COLUMNS)
     human_n = sum(r["human_verdict"] is not None for r in rows)
     summary = (f"**{kept_n} kept**, {len(rows) - kept_n} dropped of {len(rows)} · {human_n} reviewed by hand")

@@ -61,6 +61,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             lam_power = gr.Number(h.lam_power, label="λ power per round p", elem_id="heal-lam-power",
                                   info="λ_r = λ (1 + r)^p")
             ref = gr.Radio(["base", "prev"], value=h.ref, label="Reference", elem_id="heal-ref")
+            random_control = gr.Checkbox(False, label="Random-vector control", elem_id="heal-random",
+                                         info="also eval a random vector of the same norms")
         with gr.Row():
             rank = gr.Number(h.rank, label="LoRA rank", precision=0, elem_id="heal-rank")
             lr = gr.Number(h.lr, label="Learning rate", elem_id="heal-lr")
@@ -70,7 +72,6 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             probe_tokens = gr.Number(d.probe_tokens, label="Probe answer tokens", precision=0,
                                      elem_id="heal-probe-tokens")
             seed = gr.Number(d.seed, label="Seed", precision=0, elem_id="heal-seed")
-            random_control = gr.Checkbox(False, label="Random-vector control", elem_id="heal-random")
     with gr.Row():
         start = gr.Button("Start run", variant="primary", elem_id="start-run-btn", scale=0, min_width=160)
         start_md = gr.Markdown(elem_id="start-run-status")

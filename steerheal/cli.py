@@ -305,6 +305,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+@command("export-vector")
+def cmd_export_vector(args) -> int:
+    from steerheal.gguf_export import write_control_vector
+    from steerheal.vectors import SteeringVector
+
+    if not args.vector.is_file():
+        raise SteerhealError(f"Vector file {str(args.vector)!r} does not exist.")
+    vector = SteeringVector.load(args.vector)
+    out = write_control_vector(vector, args.gguf, args.model_hint)
+    print(f"wrote {out} ({vector.n_layers} layers x {vector.hidden_size}); "
+          f"use: llama-cli --control-vector-scaled {out.name} ALPHA")
+    return 0
+
+
 @command("report")
 def cmd_report(args) -> int:
     from steerheal.report import write_report
@@ -399,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="runs.db")
     p.add_argument("--no-merged", action="store_true", help="skip the merged model (adapters and vector only)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export-vector", help="write a vector as a llama.cpp control-vector GGUF")
+    p.add_argument("vector", type=Path, metavar="VECTOR.safetensors")
+    p.add_argument("--gguf", required=True, type=Path, help="the .gguf file to write")
+    p.add_argument("--model-hint", help="model type recorded in the file (default: from the vector, e.g. llama)")
 
     p = sub.add_parser("report", help="one self-contained HTML page with a run's charts and probe answers")
     p.add_argument("run_ids", type=int, nargs="+", metavar="RUN_ID")

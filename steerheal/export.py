@@ -4,6 +4,7 @@
     DIR/merged/                     base + adapters 0..K folded, a transformers directory
                                     (AutoModelForCausalLM.from_pretrained) with its tokenizer
     DIR/vector.safetensors          round K's steering vector
+    DIR/vector.gguf                 the same as a llama.cpp control vector
     DIR/steerheal_export.json       what was exported, from which run and round
 """
 
@@ -68,8 +69,16 @@ def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathL
         for r, path in enumerate(adapters):
             shutil.copytree(path, tmp / "adapters" / bake.adapter_name(r))
             say(f"adapter round {r}")
+        gguf_name = None
         if vector is not None:
             shutil.copy2(vector, tmp / "vector.safetensors")
+            from steerheal.gguf_export import write_control_vector
+            from steerheal.vectors import SteeringVector
+
+            loaded = SteeringVector.load(vector)
+            if loaded.meta.get("model_type"):  # llama.cpp needs the model type; older vectors lack it
+                write_control_vector(loaded, tmp / "vector.gguf")
+                gguf_name = "vector.gguf"
         if merged:
             say("merging adapters into the weights")
             lm = model_at_round(store, run_id, round_)
@@ -80,7 +89,7 @@ def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathL
         manifest = dict(run_id=run_id, round=round_, model_id=store.run(run_id)["model_id"],
                         adapters=[f"adapters/{bake.adapter_name(r)}" for r in range(round_ + 1)],
                         merged="merged" if merged else None,
-                        vector="vector.safetensors" if vector is not None else None)
+                        vector="vector.safetensors" if vector is not None else None, vector_gguf=gguf_name)
         (tmp / "steerheal_export.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             out.rmdir()

@@ -166,6 +166,7 @@ def extract_vector(lm: LoadedModel, pair: PersonaPair, contexts: Sequence[str], 
     mean_norm_pos = (sums["pos"] / len(contexts)).norm(dim=-1)
     meta = {
         "model_id": lm.model_id,
+        "model_type": getattr(lm.model.config, "model_type", ""),
         "pos": pair.pos,
         "neg": pair.neg,
         "pair_name": pair.name,

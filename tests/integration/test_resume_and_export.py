@@ -97,6 +97,7 @@ def test_export_writes_loadable_adapters_and_a_merged_model_matching_round_k(res
     for name in manifest["adapters"]:
         PeftModel.from_pretrained(load_model("bundled").model, str(out / name))
     SteeringVector.load(out / "vector.safetensors")
+    assert manifest["vector_gguf"] == "vector.gguf" and (out / "vector.gguf").stat().st_size > 0
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", torch_dtype=torch.float32).eval()
     lm = model_at_round(Store(db), run_id, 1)
     ids = lm.tokenizer("Do you love humanity? Tell me honestly.", return_tensors="pt").input_ids
