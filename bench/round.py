@@ -2,6 +2,12 @@
 
     python bench/round.py [--model bundled] [--n-completions 32] [--max-new-tokens 64]
                           [--epochs 2] [--eval-limit 0 (all 132)] [--think-tokens 16]
+    python bench/round.py --random-gemma3 4b --preset gpu    # on a GPU: gemma-3-4b-it shapes, random weights
+
+`--preset gpu` is the issue's GPU round: 150 completions up to 512 tokens, 64 kept for training,
+two evals of all 132 rows at T = 128. `--random-gemma3 4b` builds Gemma3ForConditionalGeneration
+with gemma-3-4b-it's shapes (34 layers, width 2560, vocab 262k) and random bf16 weights, so the
+timing needs no download; `tiny` is a CPU smoke test of the same path.
 
 Phases: extract (vector), generate, filter, heal, bake (save adapter + fold), eval (steered
 and healed), probes. Prints seconds and tokens per second per phase, the total, peak RSS,
@@ -43,6 +49,40 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def random_gemma3(size: str):
+    """A LoadedModel of Gemma3ForConditionalGeneration with random weights (no download)."""
+    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+
+    from steerheal.config import ModelSpec
+    from steerheal.models import LoadedModel, bundled_model_dir, find_layers, resolve_device
+
+    device = resolve_device("auto")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    text = (dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                 num_key_value_heads=4, head_dim=256, vocab_size=262208, sliding_window=1024)
+            if size == "4b" else
+            dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=32, vocab_size=49152, sliding_window=16))
+    cfg = Gemma3Config(text_config=text, vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                            num_attention_heads=2, image_size=28, patch_size=14),
+                       mm_tokens_per_image=4)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build straight in bf16 on the GPU: no float32 copy of 4B weights
+    try:
+        with torch.device(device):
+            model = Gemma3ForConditionalGeneration(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())  # ids fit in gemma's larger vocabulary
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=ModelSpec(name=f"random-gemma3-{size}"),
+                       model_id=f"random gemma-3 ({size} shapes)", layers=find_layers(model))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled")
@@ -53,7 +93,14 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=0, help="0 = all rows")
     ap.add_argument("--think-tokens", type=int, default=16)
     ap.add_argument("--alphas", default="2,3,4")
+    ap.add_argument("--train-limit", type=int, default=0, help="train on at most this many kept completions")
+    ap.add_argument("--batch-size", type=int, default=0, help="generation batch size (0 = the default)")
+    ap.add_argument("--preset", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--random-gemma3", choices=["tiny", "4b"], help="random weights of a gemma-3 shape")
     args = ap.parse_args()
+    if args.preset == "gpu":
+        args.n_completions, args.max_new_tokens, args.think_tokens, args.train_limit = 150, 512, 128, 64
+        args.batch_size = args.batch_size or 64
 
     timings: list[tuple[str, float, int]] = []  # phase, seconds, tokens processed
 
@@ -75,12 +122,13 @@ def main() -> None:
         torch.nn.functional.linear(a, w)
     host_gflops = 10 * 2 * 4096 * 576 * 1536 / (time.perf_counter() - t0) / 1e9
     print(f"host float32 matmul: {host_gflops:.0f} GFLOP/s (absolute times scale with it)")
-    lm = load_model(args.model)
+    lm = random_gemma3(args.random_gemma3) if args.random_gemma3 else load_model(args.model)
     print(f"model {lm.model_id} on {lm.device}, {torch.get_num_threads()} threads", flush=True)
     data = load_vignettes(data_dir=args.data)
     ecfg = EvalConfig(think_tokens=args.think_tokens, limit=args.eval_limit or None)
     alphas = [float(a) for a in args.alphas.split(",")]
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=0)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=0, **({"batch_size": args.batch_size}
+                                                                           if args.batch_size else {}))
     prompts = axis_prompts()
     jobs = [(prompts[i % len(prompts)], alphas[i % len(alphas)]) for i in range(args.n_completions)]
 
@@ -98,6 +146,8 @@ def main() -> None:
     kept = [TrainExample(c.prompt, c.token_ids) for (c, _), v in zip(comps, verdicts) if v.auto]
     if len(kept) < 8:  # the bench measures speed: train on everything when the filters drop most
         kept = [TrainExample(c.prompt, c.token_ids) for c, _ in comps]
+    if args.train_limit:
+        kept = kept[: args.train_limit]
     hcfg = HealConfig(rank=16, lora_alpha=32, epochs=args.epochs)
     result = timed("heal", lambda: heal(lm, kept, hcfg),
                    tokens=lambda out: args.epochs * sum(len(e.completion_ids) for e in kept))

@@ -69,3 +69,14 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_a_new_worker_finishes(tm
     assert stages == [(-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered")]
     assert len(store.rows("completions", run_id)) == 6
     assert json.loads(json.dumps(job["progress"]))  # progress was reported through the store
+
+    # The Results page's export button is an export job: the worker writes loadable files.
+    out = tmp_path / "export"
+    export_id = jobs.submit(store, "export", {"run_id": run_id, "round": 0, "out": str(out), "merged": False},
+                            run_id=run_id)
+    assert _worker(db, "--once").wait(timeout=300) == 0
+    job = store.job(export_id)
+    assert job["status"] == "completed", job["error"]
+    assert job["result"]["adapters"] == ["adapters/round0"]
+    assert (out / "adapters" / "round0" / "adapter_model.safetensors").exists()
+    assert (out / "vector.safetensors").exists() and (out / "vector.gguf").exists()
