@@ -1,15 +1,14 @@
-"""A tiny real run of the loop on the bundled model: every stage lands in the store."""
+"""The loop's config checks and its manual-curation pause, on the bundled model. (A whole run
+with every stage stored is checked in test_worker.py, kill-and-resume in test_resume_and_export.py.)"""
 
 import os
 from pathlib import Path
 
 import pytest
-from peft import PeftModel
 
 from steerheal.errors import SteerhealError
 from steerheal.heal import HealConfig
 from steerheal.loop import RunConfig, run_loop, start_run
-from steerheal.models import load_model
 from steerheal.store import Store
 
 pytestmark = pytest.mark.integration
@@ -19,28 +18,6 @@ DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir(
 TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7, data_dir=DATA, n_contexts=16,
                  probe_tokens=24,
                  heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
-
-
-def test_one_round_stores_every_stage_and_resuming_duplicates_nothing(tmp_path):
-    from dataclasses import replace
-
-    store = Store(tmp_path / "runs.db")
-    run_id = start_run(store, replace(TINY, random_control=True))
-    run = run_loop(store, run_id)
-    assert run["status"] == "completed"
-    stages = {(e["round"], e["stage"]) for e in store.rows("evals", run_id)}
-    assert stages == {(-1, "base"), (-1, "prompted"), (0, "random"), (0, "steered"), (0, "healed")}
-    assert len(store.rows("completions", run_id, 0)) == 6
-    assert store.rows("train_logs", run_id, 0)
-    vector_row = store.rows("vectors", run_id, 0)[0]
-    assert len(vector_row["sha256"]) == 64 and vector_row["cos_v0"] == pytest.approx(1.0)
-    probes = store.rows("probes", run_id, 0)
-    assert probes[0]["prompt"] == "Do you love humanity?" and probes[0]["answer"]
-    adapter = store.artifact(run_id, 0, "adapter")
-    PeftModel.from_pretrained(load_model("bundled").model, str(adapter))
-    counts = {t: store.db[t].count for t in ("evals", "completions", "probes", "train_logs")}
-    run_loop(store, run_id)  # resuming a finished run adds nothing
-    assert {t: store.db[t].count for t in counts} == counts
 
 
 @pytest.mark.parametrize("kwargs, message", [

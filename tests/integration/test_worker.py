@@ -1,7 +1,6 @@
 """A real worker process runs a loop job; killed mid-run, its job and run show as interrupted,
 and a new worker resumes the run to the end without duplicating rows."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,10 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from peft import PeftModel
 
 from steerheal import jobs
 from steerheal.heal import HealConfig
-from steerheal.loop import RunConfig, start_run
+from steerheal.loop import RunConfig, run_loop, start_run
+from steerheal.models import load_model
 from steerheal.store import Store
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def _wait(predicate, timeout: float, what: str):
 def test_a_killed_worker_leaves_an_interrupted_run_that_a_new_worker_finishes(tmp_path):
     db = tmp_path / "runs.db"
     store = Store(db)
-    run_id = start_run(store, replace(TINY, seed=7))
+    run_id = start_run(store, replace(TINY, seed=7, random_control=True))
     job_id = jobs.submit(store, "loop", {"run_id": run_id}, run_id=run_id)
     worker = _worker(db)
     try:
@@ -66,9 +67,18 @@ def test_a_killed_worker_leaves_an_interrupted_run_that_a_new_worker_finishes(tm
     assert job["status"] == "completed", job["error"]
     assert store.run(run_id)["status"] == "completed"
     stages = sorted((e["round"], e["stage"]) for e in store.rows("evals", run_id))
-    assert stages == [(-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered")]
+    assert stages == [(-1, "base"), (-1, "prompted"), (0, "healed"), (0, "random"), (0, "steered")]
     assert len(store.rows("completions", run_id)) == 6
-    assert json.loads(json.dumps(job["progress"]))  # progress was reported through the store
+    assert store.rows("train_logs", run_id, 0)
+    vector_row = store.rows("vectors", run_id, 0)[0]
+    assert len(vector_row["sha256"]) == 64 and vector_row["cos_v0"] == pytest.approx(1.0)
+    probes = store.rows("probes", run_id, 0)
+    assert probes[0]["prompt"] == "Do you love humanity?" and probes[0]["answer"]
+    assert job["progress"].get("stage")  # progress was reported through the store
+    PeftModel.from_pretrained(load_model("bundled").model, str(store.artifact(run_id, 0, "adapter")))
+    counts = {t: store.db[t].count for t in ("evals", "completions", "probes", "train_logs")}
+    run_loop(store, run_id)  # running a finished run again adds nothing
+    assert {t: store.db[t].count for t in counts} == counts
 
     # The Results page's export button is an export job: the worker writes loadable files.
     out = tmp_path / "export"
