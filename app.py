@@ -68,7 +68,7 @@ def start_workers(db_path: str, count: int) -> list[subprocess.Popen]:
     """Workers run in their own session: Ctrl-C on the app does not reach them, and when the
     app exits they are asked (SIGTERM) to finish the job in hand and then stop. So restarting
     the UI never cuts a job short."""
-    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path],
+    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path, "--nice", "10"],
                               start_new_session=True) for _ in range(count)]
 
     def stop() -> None:

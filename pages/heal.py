@@ -41,6 +41,38 @@ def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
                             width=860, height=260)
 
 
+def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, curation_v, agg_v, tau_v, lam_v,
+                         power_v, ref_v, rank_v, lr_v, epochs_v, limit_v, think_v, probe_v, seed_v, random_v, pos_v,
+                         neg_v, contexts_v, layers_v) -> RunConfig:
+    """The Heal form's values as a validated RunConfig (a SteerhealError says what to change)."""
+    d, h = RunConfig(), HealConfig(rank=16, lora_alpha=32, epochs=2)
+    for label, value in (("Positive persona", pos_v), ("Negative persona", neg_v), ("Context pool", contexts_v),
+                         ("Layer band", layers_v), ("Strengths", alphas_v)):
+        if value is not None and len(str(value)) > 200_000:
+            raise SteerhealError(f"{label} is too long ({len(str(value))} characters).")
+    if curation_v not in ("auto", "manual"):
+        raise SteerhealError("Curation must be auto or manual.")
+    limit = as_int(limit_v, "Eval rows", 0)
+    pool = read_lines(contexts_v or "")
+    if not pool:
+        raise SteerhealError("The context pool on the Personas page is empty: give one user message per line.")
+    preset = next((name for name, p in persona_presets().items() if (p["pos"], p["neg"]) == (pos_v, neg_v)),
+                  None)
+    rank_i = as_int(rank_v, "LoRA rank", 1, 1024)
+    heal_cfg = replace(h, agg=agg_v, tau=as_float(tau_v, "τ"), lam=as_float(lam_v, "λ"),
+                       lam_power=as_float(power_v, "λ power"), ref=ref_v, rank=rank_i, lora_alpha=2 * rank_i,
+                       lr=as_float(lr_v, "Learning rate", 0), epochs=as_int(epochs_v, "Epochs", 1, 1000))
+    return RunConfig(rounds=as_int(rounds_v, "Rounds", 1, 1000), alphas=tuple(parse_floats(alphas_v, "strength")),
+                     n_completions=as_int(n_v, "Completions per round", 1, 100000),
+                     max_new_tokens=as_int(tokens_v, "Max tokens", 1, 4096), curation=curation_v,
+                     eval_limit=limit or None, think_tokens=as_int(think_v, "Think tokens", 1, 4096),
+                     seed=as_int(seed_v, "Seed", 0), random_control=bool(random_v),
+                     probe_tokens=as_int(probe_v, "Probe answer tokens", 1, 4096),
+                     contexts=None if pool == default_contexts() else tuple(pool),
+                     pair=preset or d.pair, pos=None if preset else pos_v, neg=None if preset else neg_v,
+                     layers=layers_v or d.layers, model=model_name, heal=heal_cfg).validate()
+
+
 def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
     d, h = RunConfig(), HealConfig(rank=16, lora_alpha=32, epochs=2)
     gr.Markdown("## Heal\nThe loop: per round, re-extract the vector, generate and filter completions, train a "
@@ -87,32 +119,9 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
               eval_limit, think, probe_tokens, seed, random_control, personas["pos"], personas["neg"],
               personas["contexts"], steer["layers"]]
 
-    def config_from(rounds_v, alphas_v, n_v, tokens_v, curation_v, agg_v, tau_v, lam_v, power_v, ref_v, rank_v,
-                    lr_v, epochs_v, limit_v, think_v, probe_v, seed_v, random_v, pos_v, neg_v, contexts_v,
-                    layers_v) -> RunConfig:
-        limit = as_int(limit_v, "Eval rows", 0)
-        pool = read_lines(contexts_v or "")
-        if not pool:
-            raise SteerhealError("The context pool on the Personas page is empty: give one user message per line.")
-        preset = next((name for name, p in persona_presets().items() if (p["pos"], p["neg"]) == (pos_v, neg_v)),
-                      None)
-        rank_i = as_int(rank_v, "LoRA rank", 1, 1024)
-        heal_cfg = replace(h, agg=agg_v, tau=as_float(tau_v, "τ"), lam=as_float(lam_v, "λ"),
-                           lam_power=as_float(power_v, "λ power"), ref=ref_v, rank=rank_i, lora_alpha=2 * rank_i,
-                           lr=as_float(lr_v, "Learning rate", 0), epochs=as_int(epochs_v, "Epochs", 1, 1000))
-        return RunConfig(rounds=as_int(rounds_v, "Rounds", 1, 1000), alphas=tuple(parse_floats(alphas_v, "strength")),
-                         n_completions=as_int(n_v, "Completions per round", 1, 100000),
-                         max_new_tokens=as_int(tokens_v, "Max tokens", 1, 4096), curation=curation_v,
-                         eval_limit=limit or None, think_tokens=as_int(think_v, "Think tokens", 1, 4096),
-                         seed=as_int(seed_v, "Seed", 0), random_control=bool(random_v),
-                         probe_tokens=as_int(probe_v, "Probe answer tokens", 1, 4096),
-                         contexts=None if pool == default_contexts() else tuple(pool),
-                         pair=preset or d.pair, pos=None if preset else pos_v, neg=None if preset else neg_v,
-                         layers=layers_v or d.layers, model=lab.preview.model_name, heal=heal_cfg).validate()
-
     @friendly
     def submit(*values):
-        cfg = config_from(*values)
+        cfg = run_config_from_form(lab.preview.model_name, *values)
         run_id = start_run(lab.store, cfg)
         jid = jobs.submit(lab.store, "loop", dict(run_id=run_id), run_id=run_id)
         return (f"Run **{run_id}** queued (job {jid}).", gr.update(choices=run_choices(lab.store), value=run_id),

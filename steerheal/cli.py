@@ -340,6 +340,8 @@ def cmd_worker(args) -> int:
     from steerheal.jobs import work, worker_name
     from steerheal.store import Store
 
+    if args.nice:
+        os.nice(args.nice)  # the app's own workers yield the CPU to the UI process
     store = Store(args.db)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -428,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="runs.db")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the queue")
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by N (the app uses 10)")
 
     p = sub.add_parser("runs", help="list runs in the store")
     p.add_argument("--db", default="runs.db")

@@ -106,8 +106,10 @@ class LayerBand:
             if "," in spec:
                 layers = sorted({int(p) for p in spec.split(",") if p.strip()})
             elif "-" in spec.lstrip("-"):
-                a, b = spec.split("-", 1)
-                layers = list(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in spec.split("-", 1))
+                if b - a > 100_000:
+                    raise SteerhealError(f"Layer band {spec!r} is outside any model: give indices like 13-15.")
+                layers = list(range(a, b + 1))
             else:
                 layers = [int(spec)]
         except ValueError:

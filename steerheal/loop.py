@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from steerheal import bake
-from steerheal.config import GenerationConfig, SteerConfig, persona_system_prompt
+from steerheal.config import GenerationConfig, LayerBand, SteerConfig, _finite, persona_system_prompt
 from steerheal.errors import SteerhealError
 from steerheal.evals.probes import answer_probes
 from steerheal.evals.tinymfv import EvalConfig, evaluate
@@ -57,10 +57,49 @@ class RunConfig:
     heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
 
     def validate(self) -> "RunConfig":
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise SteerhealError(f"rounds must be an integer >= 1, got {self.rounds!r}.")
-        if not self.alphas or any(not math.isfinite(float(a)) for a in self.alphas):
-            raise SteerhealError("Give at least one finite alpha.")
+        """Every setting checked before any work; a SteerhealError says what to change."""
+        for name in ("model", "pair", "layers", "curation"):
+            if not isinstance(getattr(self, name), str):
+                raise SteerhealError(f"{name} must be text, got {getattr(self, name)!r}.")
+        for name in ("pos", "neg", "data_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SteerhealError(f"{name} must be text, got {value!r}.")
+        for name in ("pos", "neg"):
+            if getattr(self, name) is not None and len(getattr(self, name)) > 20_000:
+                raise SteerhealError(f"The {name} persona is too long (over 20000 characters).")
+        if not isinstance(self.random_control, bool):
+            raise SteerhealError(f"random_control must be true or false, got {self.random_control!r}.")
+        if self.data_dir is not None and "\x00" in self.data_dir:
+            raise SteerhealError("data_dir is not a valid path.")
+        try:
+            return self._validate()
+        except (TypeError, ValueError, OverflowError) as err:  # a malformed value the checks above missed
+            raise SteerhealError(f"Bad run setting: {err}.") from None
+
+    def _validate(self) -> "RunConfig":
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 1000:
+            raise SteerhealError(f"rounds must be an integer in 1..1000, got {self.rounds!r}.")
+        if not self.alphas or len(self.alphas) > 64 or any(
+                not isinstance(a, (int, float)) or not math.isfinite(float(a)) for a in self.alphas):
+            raise SteerhealError("Give between 1 and 64 finite alphas.")
+        for a in self.alphas:
+            if abs(float(a)) > 1000:
+                raise SteerhealError(f"alpha {a:g} is far outside any useful strength (|alpha| <= 1000).")
+        LayerBand(self.layers).resolve(100_000)  # syntax; the model's own depth is checked once it loads
+        if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 500:
+            raise SteerhealError("model must be 'bundled', a Hugging Face id or a local directory.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise SteerhealError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 8192:
+            raise SteerhealError(f"max_new_tokens must be an integer in 1..8192, got {self.max_new_tokens!r}.")
+        if not isinstance(self.n_completions, int) or self.n_completions > 100_000:
+            raise SteerhealError(f"n_completions must be an integer up to 100000, got {self.n_completions!r}.")
+        if self.contexts is not None and (not self.contexts or any(
+                not isinstance(c, str) or not c.strip() for c in self.contexts)):
+            raise SteerhealError("The context pool must hold at least one non-empty message.")
+        if not 0 < _finite("coherence_floor", self.coherence_floor) <= 1:
+            raise SteerhealError("coherence_floor must be in (0, 1].")
         if not isinstance(self.n_completions, int) or self.n_completions < MIN_EXAMPLES:
             raise SteerhealError(f"n_completions must be >= {MIN_EXAMPLES} (heal needs that many kept completions).")
         if self.n_contexts is not None and (not isinstance(self.n_contexts, int) or self.n_contexts < 1):
@@ -90,13 +129,26 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
+        """Build from plain data (TOML, JSON, a form); anything malformed is a SteerhealError."""
+        if not isinstance(data, dict):
+            raise SteerhealError("A run config must be a table of settings.")
+        try:
+            return cls._from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise SteerhealError(f"Bad run setting: {err}.") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "RunConfig":
         data = dict(data)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known - {"filters", "heal"}
         if unknown:
             raise SteerhealError(f"Unknown run setting(s): {', '.join(sorted(unknown))}.")
-        filters = FilterConfig(**data.pop("filters", {}))
-        heal_data = data.pop("heal", {})
+        filters_data, heal_data = data.pop("filters", {}), data.pop("heal", {})
+        if not isinstance(filters_data, dict) or not isinstance(heal_data, dict):
+            raise SteerhealError("filters and heal must be tables of settings.")
+        filters = FilterConfig(**filters_data)
+        heal_data = dict(heal_data)
         for key in ("depth", "betas"):
             if key in heal_data:
                 heal_data[key] = tuple(heal_data[key])
@@ -163,6 +215,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
          should_stop: Callable[[], bool] | None = None) -> None:
     torch.manual_seed(cfg.seed)
     lm = load_model(cfg.model)
+    LayerBand(cfg.layers).resolve(lm.n_layers)  # a band outside this model fails before any eval
     data = load_vignettes(data_dir=cfg.data_dir)
     ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
     pair = cfg.persona_pair()
