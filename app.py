@@ -68,7 +68,8 @@ def start_workers(db_path: str, count: int) -> list[subprocess.Popen]:
     """Workers run in their own session: Ctrl-C on the app does not reach them, and when the
     app exits they are asked (SIGTERM) to finish the job in hand and then stop. So restarting
     the UI never cuts a job short."""
-    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path, "--nice", "10"],
+    procs = [subprocess.Popen([sys.executable, "-m", "steerheal.cli", "worker", "--db", db_path, "--nice", "10",
+                               "--exit-with-parent", str(os.getpid())],
                               start_new_session=True) for _ in range(count)]
 
     def stop() -> None:
@@ -96,6 +97,8 @@ def main() -> None:
     from pages.common import CSS
 
     demo = build_app(args.db, args.model)
+    # SIGTERM (docker stop, kill) exits through atexit, so the workers hear about it too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     start_workers(str(demo.lab.store.path), args.workers)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
                                                    css=CSS, show_error=False, footer_links=["gradio", "settings"])

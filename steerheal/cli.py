@@ -347,6 +347,15 @@ def cmd_worker(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.getLogger().setLevel(logging.INFO)
     print(f"worker {worker_name()} on {store.path}", file=sys.stderr, flush=True)
+    if args.exit_with_parent is not None:
+        parent = args.exit_with_parent
+
+        def watch() -> None:  # the app that started us is gone: stop once the job in hand is done
+            while not stop.wait(2.0):
+                if os.getppid() != parent:
+                    stop.set()
+
+        threading.Thread(target=watch, daemon=True).start()
     count = work(store, poll_seconds=args.poll, once=args.once, stop=stop)
     print(f"worker stopped after {count} job(s)", file=sys.stderr)
     return 0
@@ -431,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the queue")
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by N (the app uses 10)")
+    p.add_argument("--exit-with-parent", type=int, metavar="PID",
+                   help="stop (after the job in hand) when process PID, which started this worker, exits")
 
     p = sub.add_parser("runs", help="list runs in the store")
     p.add_argument("--db", default="runs.db")

@@ -54,3 +54,41 @@ def test_an_exposed_app_refuses_unauthenticated_requests(tmp_path):
         assert wrong in (400, 401, 403)
     finally:
         stop_app(proc)
+
+
+def _workers_for(db) -> list[int]:
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "steerheal.cli worker" in cmd and str(db) in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_the_apps_idle_worker_stops_with_the_app(tmp_path):
+    import signal
+    import time
+
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        db = tmp_path / f"runs-{how.name}.db"
+        port = free_port()
+        proc = start_app(db, port, workers=1, log=tmp_path / "app.log")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/", proc)
+            deadline = time.time() + 30
+            while not _workers_for(db) and time.time() < deadline:
+                time.sleep(0.2)
+            assert _workers_for(db), "make run must start a worker beside the app"
+        finally:
+            os.kill(proc.pid, how)
+            proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while _workers_for(db) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _workers_for(db), f"the worker outlived the app ({how.name})"
