@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import html
+import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Callable
 import gradio as gr
 
 from pages.preview import PreviewService
+from steerheal.config import _finite
 from steerheal.errors import SteerhealError
 from steerheal.store import Store
 
@@ -46,7 +49,7 @@ def friendly(fn: Callable) -> Callable:
         raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The details are in the server log.",
                        print_exception=False) from None
 
-    if _is_generator(fn):
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
@@ -62,12 +65,6 @@ def friendly(fn: Callable) -> Callable:
         except Exception as err:
             _raise(err)
     return wrapper
-
-
-def _is_generator(fn: Callable) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(fn)
 
 
 def job_status_md(job: dict | None, what: str = "job") -> str:
@@ -102,26 +99,13 @@ def job_status_md(job: dict | None, what: str = "job") -> str:
 
 
 def parse_floats(text: str, what: str) -> list[float]:
-    import math
-
     parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p.strip()]
     if not parts:
         raise SteerhealError(f"Give at least one {what}, e.g. 2, 3, 4.")
-    out = []
-    for p in parts:
-        try:
-            value = float(p)
-        except ValueError:
-            raise SteerhealError(f"{what}: {p!r} is not a number.") from None
-        if not math.isfinite(value):
-            raise SteerhealError(f"{what}: {p!r} is not a finite number.")
-        out.append(value)
-    return out
+    return [_finite(what, p) for p in parts]
 
 
 def as_int(value, what: str, lo: int | None = None, hi: int | None = None) -> int:
-    import math
-
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         raise SteerhealError(f"{what} must be a whole number.")
     try:
@@ -139,14 +123,7 @@ def as_int(value, what: str, lo: int | None = None, hi: int | None = None) -> in
 
 
 def as_float(value, what: str, lo: float | None = None, hi: float | None = None) -> float:
-    import math
-
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SteerhealError(f"{what} must be a number, got {value!r}.") from None
-    if not math.isfinite(number):
-        raise SteerhealError(f"{what} must be a finite number.")
+    number = _finite(what, value)
     if lo is not None and number < lo:
         raise SteerhealError(f"{what} must be at least {lo:g}, got {number:g}.")
     if hi is not None and number > hi:

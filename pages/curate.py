@@ -9,7 +9,7 @@ from collections import Counter
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, as_int, friendly
+from pages.common import Lab, friendly
 from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.filters import FilterConfig

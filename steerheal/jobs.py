@@ -22,8 +22,6 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Callable
 
 from steerheal.errors import SteerhealError

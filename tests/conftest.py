@@ -4,7 +4,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: unknown ids fail at
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path
+
 import pytest
+
+# The real tinymfv data: STEERHEAL_TINYMFV_DIR (make test sets it), else ../shared beside the checkout.
+_SHARED_TINYMFV = Path(__file__).resolve().parents[2] / "shared" / "tinymfv"
+TINYMFV_DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(_SHARED_TINYMFV) if _SHARED_TINYMFV.is_dir() else None)
+
+
+def tiny_run_config(**overrides):
+    """A one-round run small enough for 2 CPU cores (tens of seconds on the bundled model)."""
+    from dataclasses import replace
+
+    from steerheal.heal import HealConfig
+    from steerheal.loop import RunConfig
+
+    tiny = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7,
+                     data_dir=TINYMFV_DATA, n_contexts=16, probe_tokens=24,
+                     heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+    return replace(tiny, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ and LoRA must touch text layers only."""
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,10 +19,9 @@ from steerheal.heal import HealConfig, TrainExample, heal
 from steerheal.models import bundled_model_dir, load_model
 from steerheal.presets import default_contexts, persona_pair
 from steerheal.vectors import extract_vector
+from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
-DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
     "{{ raise_exception('System role not supported') }}{% endif %}"
@@ -77,7 +74,7 @@ def test_a_round_runs_on_the_gemma3_multimodal_class(gemma_dir, tmp_path):
     saved = json.loads((adapter / "adapter_config.json").read_text())
     assert not any("vision" in t for t in saved["target_modules"])
 
-    data = load_vignettes(data_dir=DATA)
+    data = load_vignettes(data_dir=TINYMFV_DATA)
     res = evaluate(lm, data, EvalConfig(think_tokens=2, limit=7), stage="healed")
     assert res.metrics["n_rows"] == 7 and math.isfinite(res.metrics["auth_nats"])
     assert 0.0 <= res.metrics["coherence"] <= 1.0

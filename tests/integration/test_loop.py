@@ -1,23 +1,16 @@
 """The loop's config checks and its manual-curation pause, on the bundled model. (A whole run
 with every stage stored is checked in test_worker.py, kill-and-resume in test_resume_and_export.py.)"""
 
-import os
-from pathlib import Path
-
 import pytest
 
 from steerheal.errors import SteerhealError
 from steerheal.heal import HealConfig
-from steerheal.loop import RunConfig, run_loop, start_run
+from steerheal.loop import run_loop, start_run
 from steerheal.store import Store
+from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
-DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
-
-TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7, data_dir=DATA, n_contexts=16,
-                 probe_tokens=24,
-                 heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+TINY = tiny_run_config()
 
 
 @pytest.mark.parametrize("kwargs, message", [

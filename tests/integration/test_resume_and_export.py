@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from steerheal.store import Store
+from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
-DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
 TINY = ["--rounds", "2", "--n-completions", "6", "--max-new-tokens", "20", "--epochs", "2", "--eval-limit", "7",
-        "--think-tokens", "2", "--n-contexts", "16", "--probe-tokens", "24"] + (["--data", DATA] if DATA else [])
+        "--think-tokens", "2", "--n-contexts", "16", "--probe-tokens", "24"] + (["--data", TINYMFV_DATA] if TINYMFV_DATA else [])
 
 
 def _cli(*args, **kw):

@@ -1,7 +1,6 @@
 """A real worker process runs a loop job; killed mid-run, its job and run show as interrupted,
 and a new worker resumes the run to the end without duplicating rows."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,17 +12,13 @@ import pytest
 from peft import PeftModel
 
 from steerheal import jobs
-from steerheal.heal import HealConfig
-from steerheal.loop import RunConfig, run_loop, start_run
+from steerheal.loop import run_loop, start_run
 from steerheal.models import load_model
 from steerheal.store import Store
+from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
-DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
-TINY = RunConfig(rounds=1, n_completions=6, max_new_tokens=16, think_tokens=2, eval_limit=7, data_dir=DATA, n_contexts=16,
-                 probe_tokens=24,
-                 heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+TINY = tiny_run_config(max_new_tokens=16)
 
 
 def _worker(db: Path, *extra: str) -> subprocess.Popen:

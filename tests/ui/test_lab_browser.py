@@ -5,14 +5,12 @@ test-artifacts/screenshots/."""
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.ui.conftest import SCREENSHOTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "tinymfv"
 LONG = 600_000  # ms: model work on 2 CPU cores
 
 

@@ -2,12 +2,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "tinymfv"
 
 
 def run_cli(*args):

@@ -1,8 +1,5 @@
 """The forced-choice eval on the real bundled model and the real tinymfv data."""
 
-import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +10,10 @@ from steerheal.evals.tinymfv import (PREFILL, THINK_CLOSE, THINK_OPEN, EvalConfi
 from steerheal.evals.tinymfv_data import load_vignettes
 from steerheal.chat import chat_prompt
 from steerheal.presets import persona_pair
+from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "tinymfv"
-DATA_DIR = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(SHARED) if SHARED.is_dir() else None)
+DATA_DIR = TINYMFV_DATA
 needs_data = pytest.mark.skipif(DATA_DIR is None, reason="tinymfv data not present")
 
 # Reference implementation (tinymfv b726db9), bundled SmolLM2-135M float32, 132 classic
