@@ -20,11 +20,9 @@ COLUMNS = ["id", "alpha", "prompt", "text", "tail ppl", "repetition", "KL rmse",
 def set_choices(lab: Lab) -> list[tuple[str, str]]:
     """Completion sets: lab batches and the rounds of heal runs, newest first."""
     out = []
-    rows = lab.store.db.execute(
-        "select c.run_id, c.round, count(*), r.kind, r.status, r.stage from completions c join runs r on r.id = c.run_id "
-        "group by c.run_id, c.round order by c.run_id desc, c.round desc").fetchall()
-    for run_id, round_, count, kind, status, stage in rows:
-        if kind == "batch":
+    for row in lab.store.completion_sets():
+        run_id, round_, count, status, stage = row["run_id"], row["round"], row["count"], row["status"], row["stage"]
+        if row["kind"] == "batch":
             label = f"batch {run_id} · {count} completions"
         else:
             waiting = " · WAITING for review" if status == "waiting" and stage and f"round {round_}:" in stage else ""

@@ -187,9 +187,14 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
     cancel.click(do_cancel, which, [progress, curve, cancel, resume])
     resume.click(do_resume, which, [progress, curve, cancel, resume])
 
-    def tick(run_id):
-        choices = run_choices(lab.store)
-        return (gr.update(choices=choices), *view(run_id))
+    drawn_key = gr.State(None)
 
-    timer.tick(tick, which, [which, progress, curve, cancel, resume], show_progress="hidden")
+    def tick(run_id, last_key):
+        choices = run_choices(lab.store)
+        state, chart, cancel_u, resume_u = view(run_id)
+        # redraw the curves only when a step was logged (no flicker, less work while polling)
+        key = None if run_id is None else (int(run_id), lab.store.change_marker("train_logs", int(run_id)))
+        return gr.update(choices=choices), state, chart if key != last_key else gr.skip(), cancel_u, resume_u, key
+
+    timer.tick(tick, [which, drawn_key], [which, progress, curve, cancel, resume, drawn_key], show_progress="hidden")
     return dict(run=which)

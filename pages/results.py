@@ -73,10 +73,8 @@ def build(lab: Lab, timer: gr.Timer) -> None:
     def key_of(run_ids) -> tuple:
         """What the charts depend on: redraw only when it changes (no flicker while polling)."""
         ids = sorted(int(r) for r in run_ids or [])
-        counts = [lab.store.db.execute("select count(*), max(id) from evals where run_id = ?", [r]).fetchone()
-                  for r in ids]
-        pcount = [lab.store.db.execute("select count(*) from probes where run_id = ?", [r]).fetchone() for r in ids]
-        return tuple(ids), tuple(map(tuple, counts)), tuple(map(tuple, pcount))
+        return tuple(ids), tuple(lab.store.change_marker("evals", r) for r in ids), \
+            tuple(lab.store.change_marker("probes", r) for r in ids)
 
     @friendly
     def draw(run_ids, last_key, force=False):

@@ -137,11 +137,13 @@ def save_adapter(lm: LoadedModel, round_: int, directory: Path) -> Path:
     return directory
 
 
-def load_adapters(lm: LoadedModel, directories: Sequence[Path]) -> None:
-    """Rebuild the model at round k from base + the adapters of rounds 0..k, then fold them."""
+def load_adapters(lm: LoadedModel, directories: Sequence[Path], first_round: int = 0) -> None:
+    """Rebuild the model at round k from base + the adapters of rounds 0..k, then fold them.
+    With first_round > 0 the model already carries the earlier rounds and gets these on top."""
     from peft import PeftModel
 
-    for round_, directory in enumerate(directories):
+    unmerge(lm)
+    for round_, directory in enumerate(directories, start=first_round):
         name = adapter_name(round_)
         if not (Path(directory) / "adapter_model.safetensors").exists():
             raise SteerhealError(f"{directory} holds no adapter_model.safetensors: the run's files are incomplete.")

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,6 +30,11 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # Deprecation notices from the libraries (argument renames inside transformers / PEFT) are
+    # not the user's business on the command line; `-v` shows them.
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*is deprecated.*")
 
 
 def _finite_float(text: str) -> float:
@@ -46,6 +52,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
+    p.add_argument("--4bit", dest="load_in_4bit", action="store_true",
+                   help="load the weights in 4-bit (bitsandbytes NF4; CUDA GPUs only)")
 
 
 def _persona_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +68,7 @@ def _load(args) -> "object":
     from steerheal.models import load_model
 
     return load_model(ModelSpec(name=args.model, dtype=args.dtype, device=args.device,
-                                trust_remote_code=args.trust_remote_code))
+                                trust_remote_code=args.trust_remote_code, load_in_4bit=args.load_in_4bit))
 
 
 def _pair_and_contexts(args):
@@ -228,6 +236,8 @@ def _run_config(args):
                                          "seed", "model", "n_contexts", "probe_tokens") if getattr(args, k) is not None}
     if args.random_control:
         top["random_control"] = True
+    if args.load_in_4bit:
+        top["load_in_4bit"] = True
     heal = {k: getattr(args, k) for k in ("epochs", "agg", "tau", "lam", "ref") if getattr(args, k) is not None}
     if args.data:
         top["data_dir"] = args.data
@@ -246,6 +256,12 @@ def cmd_run(args) -> int:
     else:
         run_id = start_run(store, _run_config(args))
     print(f"run {run_id}", flush=True)
+    if args.queue:
+        from steerheal import jobs
+
+        job_id = jobs.submit(store, "loop", {"run_id": run_id}, run_id=run_id)
+        print(f"job {job_id} queued: a worker runs it (the app starts one; or `steerheal worker --db {args.db}`)")
+        return 0
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="starting", file=sys.stderr, dynamic_ncols=True, bar_format="{desc} [{elapsed}]")
@@ -254,8 +270,10 @@ def cmd_run(args) -> int:
         bar.set_description_str(f"round {info.get('round')}: {stage}"
                                 + (f" {info['step']}/{info['of']}" if "step" in info else ""))
 
-    run = run_loop(store, run_id, progress)
-    bar.close()
+    try:
+        run = run_loop(store, run_id, progress)
+    finally:
+        bar.close()  # before any error message, so that message is the last line
     print(f"{'round':>5} {'stage':>9} {'auth_nats':>10} {'care_nats':>10} {'coherence':>10}")
     for e in store.db["evals"].rows_where("run_id = ?", [run_id], order_by="round, stage"):
         print(f"{e['round']:>5} {e['stage']:>9} {e['auth_nats']:>10.4f} {e['care_nats']:>10.4f} {e['coherence']:>10.4f}")
@@ -293,13 +311,24 @@ def cmd_export(args) -> int:
 
     store = Store(args.db)
     store.run(args.run_id)
+    if args.push_to_hub:
+        from steerheal.export import check_repo_id
+
+        check_repo_id(args.push_to_hub)
+        if args.no_merged:
+            raise SteerhealError("--push-to-hub uploads the merged model: drop --no-merged.")
     manifest = export_round(store, args.run_id, args.round, args.out, merged=not args.no_merged,
                             say=lambda msg: print(f"  {msg}", file=sys.stderr))
+    if args.push_to_hub:
+        from steerheal.export import push_to_hub
+
+        manifest["hub_url"] = push_to_hub(args.out, args.push_to_hub, private=not args.public,
+                                          say=lambda msg: print(f"  {msg}", file=sys.stderr))
     if args.json:
         print(json.dumps({**manifest, "out": str(Path(args.out).resolve())}))
     else:
         print(f"exported run {args.run_id} round {args.round} to {Path(args.out).resolve()}")
-        for key in ("adapters", "merged", "vector"):
+        for key in ("adapters", "merged", "vector", "hub_url"):
             if manifest[key]:
                 print(f"  {key}: {manifest[key]}")
     return 0
@@ -416,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])
     p.add_argument("--ref", choices=["base", "prev"])
     p.add_argument("--random-control", action="store_true", help="also eval a random vector of the same norms")
+    p.add_argument("--4bit", dest="load_in_4bit", action="store_true",
+                   help="QLoRA: 4-bit base weights (CUDA only); round adapters stay stacked, never folded")
+    p.add_argument("--queue", action="store_true",
+                   help="do not run here: queue the run as a job for the workers (the app's, or `steerheal worker`)")
 
     p = sub.add_parser("export", help="write a run's round-k adapters, merged model and vector")
     p.add_argument("run_id", type=int, metavar="RUN_ID")
@@ -423,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="a new folder")
     p.add_argument("--db", default="runs.db")
     p.add_argument("--no-merged", action="store_true", help="skip the merged model (adapters and vector only)")
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME",
+                   help="also upload the merged model with its model card (needs network and HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export-vector", help="write a vector as a llama.cpp control-vector GGUF")

@@ -6,6 +6,9 @@
     DIR/vector.safetensors          round K's steering vector
     DIR/vector.gguf                 the same as a llama.cpp control vector
     DIR/steerheal_export.json       what was exported, from which run and round
+    DIR/README.md, DIR/merged/README.md   a model card: config and per-round metrics
+
+`push_to_hub` uploads the merged model (with its card) to a Hugging Face repository.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable
 
 from steerheal import bake
 from steerheal.errors import SteerhealError
+from steerheal.model_card import model_card
 from steerheal.store import Store
 
 
@@ -65,7 +69,9 @@ def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathL
     vector = store.artifact(run_id, round_, "vector.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    card = model_card(store, run_id, round_)
     try:
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         for r, path in enumerate(adapters):
             shutil.copytree(path, tmp / "adapters" / bake.adapter_name(r))
             say(f"adapter round {r}")
@@ -86,6 +92,7 @@ def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathL
             plain = lm.model.merge_and_unload(adapter_names=bake.adapter_names(lm)) if bake.is_peft(lm) else lm.model
             plain.save_pretrained(str(tmp / "merged"), safe_serialization=True)
             lm.tokenizer.save_pretrained(str(tmp / "merged"))
+            (tmp / "merged" / "README.md").write_text(card, encoding="utf-8")
         manifest = dict(run_id=run_id, round=round_, model_id=store.run(run_id)["model_id"],
                         adapters=[f"adapters/{bake.adapter_name(r)}" for r in range(round_ + 1)],
                         merged="merged" if merged else None,
@@ -98,3 +105,34 @@ def export_round(store: Store, run_id: int, round_: int, out_dir: str | os.PathL
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SteerhealError(f"--push-to-hub needs a repository as owner/name, got {repo_id!r}.")
+
+
+def push_to_hub(export_dir: str | os.PathLike, repo_id: str, private: bool = True, token: str | None = None,
+                say: Callable[[str], None] = lambda msg: None) -> str:
+    """Upload an export's merged model (with its model card) to the hub; returns the repo URL.
+
+    Needs network access and a token with write access (HF_TOKEN or `huggingface-cli login`).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    merged = Path(export_dir) / "merged"
+    if not (merged / "config.json").is_file():
+        raise SteerhealError(f"{export_dir} has no merged model to push: export without --no-merged.")
+    check_repo_id(repo_id)
+    api = HfApi(token=token)
+    try:
+        say(f"creating {repo_id}")
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        say("uploading the merged model")
+        api.upload_folder(folder_path=str(merged), repo_id=repo_id, repo_type="model",
+                          commit_message="steerheal export")
+    except (HfHubHTTPError, OSError) as err:
+        raise SteerhealError(f"Could not push to {repo_id}: {err}. The export in {export_dir} is complete; "
+                             "push it later with the same command.") from None
+    return str(url)

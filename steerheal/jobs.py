@@ -56,9 +56,12 @@ class JobContext:
 
 
 def submit(store: Store, kind: str, params: dict, run_id: int | None = None) -> int:
+    """Queue a job for the workers. Its device is params["device"] when given (e.g. "cuda:1"),
+    else this machine's default accelerator; one job runs per device at a time."""
     if kind not in JOB_KINDS:
         raise SteerhealError(f"Unknown job kind {kind!r}: use one of {', '.join(JOB_KINDS)}.")
-    return store.submit_job(kind, params, run_id)
+    device = params.get("device") if isinstance(params.get("device"), str) else None
+    return store.submit_job(kind, params, run_id, device=None if device in (None, "auto") else device)
 
 
 class ModelCache:

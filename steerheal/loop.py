@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import json
 import math
+import errno
+import sqlite3
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 import torch
 
 from steerheal import bake
-from steerheal.config import GenerationConfig, LayerBand, SteerConfig, _finite, persona_system_prompt
+from steerheal.config import GenerationConfig, LayerBand, ModelSpec, SteerConfig, _finite, persona_system_prompt
 from steerheal.errors import SteerhealError
+from steerheal.faults import crash_point
 from steerheal.evals.probes import answer_probes
 from steerheal.evals.tinymfv import EvalConfig, evaluate
 from steerheal.evals.tinymfv_data import load_vignettes
 from steerheal.filters import FilterConfig, evaluate_completions
 from steerheal.generate import generate
+from steerheal.memory import release_memory, resident_mb
 from steerheal.heal import MIN_EXAMPLES, HealConfig, TrainExample, heal
 from steerheal.models import load_model
 from steerheal.presets import axis_prompts, default_contexts, persona_pair
@@ -52,6 +57,7 @@ class RunConfig:
     n_contexts: int | None = None  # extract from the first N contexts only (None: all)
     probe_tokens: int = 96
     random_control: bool = False  # also eval a random vector of the same norms (round 0, stage "random")
+    load_in_4bit: bool = False  # QLoRA on a 4-bit base (CUDA only); adapters stay stacked
     seed: int = 42
     filters: FilterConfig = field(default_factory=FilterConfig)
     heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
@@ -68,8 +74,12 @@ class RunConfig:
         for name in ("pos", "neg"):
             if getattr(self, name) is not None and len(getattr(self, name)) > 20_000:
                 raise SteerhealError(f"The {name} persona is too long (over 20000 characters).")
-        if not isinstance(self.random_control, bool):
-            raise SteerhealError(f"random_control must be true or false, got {self.random_control!r}.")
+        for name in ("random_control", "load_in_4bit"):
+            if not isinstance(getattr(self, name), bool):
+                raise SteerhealError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.load_in_4bit and not torch.cuda.is_available():
+            raise SteerhealError("4-bit loading needs a CUDA GPU (bitsandbytes): drop --4bit / load_in_4bit on "
+                                 "this machine.")
         if self.data_dir is not None and "\x00" in self.data_dir:
             raise SteerhealError("data_dir is not a valid path.")
         try:
@@ -205,6 +215,16 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
     except (KeyboardInterrupt, InterruptedError) as err:
         store.set_run(run_id, status="interrupted", error=str(err) or "interrupted")
         raise
+    except (OSError, sqlite3.OperationalError) as err:
+        message = storage_error(err, store, run_id)
+        if message is None:
+            store.set_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        try:
+            store.set_run(run_id, status="failed", error=message)
+        except sqlite3.Error:  # the DB itself cannot be written: it still says "running", resume works the same
+            pass
+        raise SteerhealError(message) from err
     except Exception as err:
         store.set_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -214,7 +234,7 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
 def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
          should_stop: Callable[[], bool] | None = None) -> None:
     torch.manual_seed(cfg.seed)
-    lm = load_model(cfg.model)
+    lm = load_model(ModelSpec(name=cfg.model, load_in_4bit=cfg.load_in_4bit))
     LayerBand(cfg.layers).resolve(lm.n_layers)  # a band outside this model fails before any eval
     data = load_vignettes(data_dir=cfg.data_dir)
     ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
@@ -241,27 +261,27 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
     for round_ in range(len(done_rounds), cfg.rounds):
         earlier = store.rows("rounds", run_id, round_)
         curated = bool(earlier) and earlier[0]["status"] == "curated"
+        started = earlier[0]["started"] if earlier and earlier[0]["started"] else time.time()
         store.put("rounds", [dict(run_id=run_id, round=round_, status="curated" if curated else "running",
-                                  started=None, finished=None)])
+                                  started=started, finished=None)])
         store.set_run(run_id, stage=f"round {round_}: vector")
         say("vector", {"round": round_})
-        pool = list(cfg.contexts) if cfg.contexts else default_contexts()
-        vector = extract_vector(lm, pair, pool[: cfg.n_contexts])
-        path = store.save_artifact(run_id, round_, "vector.safetensors", vector.save)
+        vector = _round_vector(store, run_id, round_, lm, cfg, pair)
         if round_ == 0:
             v0 = vector
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
-        cos = vector.mean_cosine(v0)
         mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
         if round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
             say("eval random control", {"round": round_})
             res = evaluate(lm, data, ecfg, stage="random", vector=vector.random_like(cfg.seed),
                            steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
             store.put("evals", [_eval_row(run_id, 0, "random", res)])
-        digest = store.rows("artifacts", run_id, round_, kind="vector.safetensors")[0]["sha256"]
-        store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest, norms=vector.norms,
-                                   cos_v0=cos)])
+        if not _has(store, "vectors", run_id, round_):
+            path = store.artifact(run_id, round_, "vector.safetensors")
+            digest = store.rows("artifacts", run_id, round_, kind="vector.safetensors")[0]["sha256"]
+            store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest,
+                                       norms=vector.norms, cos_v0=vector.mean_cosine(v0))])
         if not _has(store, "completions", run_id, round_):
             store.set_run(run_id, stage=f"round {round_}: generate")
             prompts = axis_prompts()
@@ -270,6 +290,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             sc = SteerConfig(alpha=1.0, layers=cfg.layers)
             comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
                              alphas=[a for _, a in jobs])
+            crash_point(f"round{round_}:generated")
             say("filter", {"round": round_})
             verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
                                             [c.text for c in comps], gen_cfg.system_prompt, cfg.filters, vector,
@@ -281,41 +302,104 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
                     for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
             store.put("completions", sorted(rows, key=lambda r: r["idx"]))
         if cfg.curation == "manual" and not curated:
-            store.put("rounds", [dict(run_id=run_id, round=round_, status="waiting", started=None, finished=None)])
+            store.put("rounds", [dict(run_id=run_id, round=round_, status="waiting", started=started, finished=None)])
             store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
             say("waiting", {"round": round_})
             return
-        completions = store.rows("completions", run_id, round_)
-        kept = [c for c in completions
-                if (c["human_verdict"] if c["human_verdict"] is not None else c["auto_verdict"])]
-        examples = [TrainExample(c["prompt"], json.loads(c["scores"])["token_ids"]) for c in kept]
-        store.set_run(run_id, stage=f"round {round_}: heal")
-        say("heal", {"round": round_, "kept": len(examples)})
+        adapter = store.artifact(run_id, round_, "adapter")
+        if adapter is None:
+            _heal_round(store, run_id, round_, lm, cfg, say, should_stop)
+        else:  # healed before a crash: the saved adapter is this round's result
+            bake.load_adapters(lm, [adapter], first_round=round_)
+        for stage in ("steered", "healed"):
+            if _has(store, "evals", run_id, round_, stage=stage):
+                continue
+            store.set_run(run_id, stage=f"round {round_}: eval {stage}")
+            say(f"eval {stage}", {"round": round_})
+            steer_args = dict(vector=vector, steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers)) \
+                if stage == "steered" else {}
 
-        def log_step(step: int, total: int, rec: dict) -> None:
-            # one row per step as it happens, so the UI draws loss curves live; a re-run
-            # of the heal replaces them (keyed by run, round, step)
-            store.put("train_logs", [_train_row(run_id, round_, rec)])
-            store.set_run(run_id, stage=f"round {round_}: heal step {step}/{total}")
-            say("heal step", {"round": round_, "step": step, "of": total, **rec})
+            def eval_progress(done: int, total: int, stage: str = stage) -> None:
+                store.set_run(run_id, stage=f"round {round_}: eval {stage} {done}/{total}")
+                crash_point(f"round{round_}:eval-{stage}")
 
-        result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_, progress=log_step,
-                      should_stop=should_stop)
-        store.put("train_logs", [_train_row(run_id, round_, s) for s in result.steps])
-        store.save_artifact(run_id, round_, "adapter", lambda tmp: bake.save_adapter(lm, round_, tmp))
-        store.set_run(run_id, stage=f"round {round_}: eval")
-        say("eval steered", {"round": round_})
-        steered = evaluate(lm, data, ecfg, stage="steered", vector=vector,
-                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
-        say("eval healed", {"round": round_})
-        healed = evaluate(lm, data, ecfg, stage="healed")
-        store.put("evals", [_eval_row(run_id, round_, "steered", steered), _eval_row(run_id, round_, "healed", healed)])
-        store.put("probes", [dict(run_id=run_id, round=round_, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
-                             for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
-        store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=None, finished=None)])
-        coherence = healed.metrics["coherence"]
+            res = evaluate(lm, data, ecfg, stage=stage, progress=eval_progress, **steer_args)
+            store.put("evals", [_eval_row(run_id, round_, stage, res)])
+        if not _has(store, "probes", run_id, round_):
+            store.set_run(run_id, stage=f"round {round_}: probes")
+            answers = answer_probes(lm, max_new_tokens=cfg.probe_tokens)
+            crash_point(f"round{round_}:probes")
+            store.put("probes", [dict(run_id=run_id, round=round_, prompt=p.prompt, answer=p.answer,
+                                      n_tokens=p.n_tokens) for p in answers])
+        release_memory()
+        store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=started,
+                                  finished=time.time(), rss_mb=resident_mb(), db_mb=store.size_mb())])
+        coherence = store.rows("evals", run_id, round_, stage="healed")[0]["coherence"]
         floor = cfg.coherence_floor if base_coherence >= cfg.coherence_floor else cfg.coherence_floor * base_coherence
         if coherence < floor:
             say("stopped early", {"round": round_, "coherence": coherence, "floor": floor})
             break
     store.set_run(run_id, status="completed", stage="done")
+
+
+def _round_vector(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, pair) -> SteeringVector:
+    """This round's vector: re-extracted from the current model, or the one stored before a crash."""
+    stored = store.artifact(run_id, round_, "vector.safetensors")
+    if stored is not None:
+        return SteeringVector.load(stored)
+    pool = list(cfg.contexts) if cfg.contexts else default_contexts()
+    vector = extract_vector(lm, pair, pool[: cfg.n_contexts])
+    store.save_artifact(run_id, round_, "vector.safetensors", vector.save)
+    return vector
+
+
+def _heal_round(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, say: Progress,
+                should_stop: Callable[[], bool] | None) -> None:
+    completions = store.rows("completions", run_id, round_)
+    kept = [c for c in completions if (c["human_verdict"] if c["human_verdict"] is not None else c["auto_verdict"])]
+    examples = [TrainExample(c["prompt"], json.loads(c["scores"])["token_ids"]) for c in kept]
+    store.set_run(run_id, stage=f"round {round_}: heal")
+    say("heal", {"round": round_, "kept": len(examples)})
+
+    def log_step(step: int, total: int, rec: dict) -> None:
+        # one row per step as it happens, so the UI draws loss curves live; a re-run
+        # of the heal replaces them (keyed by run, round, step)
+        store.put("train_logs", [_train_row(run_id, round_, rec)])
+        store.set_run(run_id, stage=f"round {round_}: heal step {step}/{total}")
+        crash_point(f"round{round_}:heal-step{step}")
+        say("heal step", {"round": round_, "step": step, "of": total, **rec})
+
+    result = heal(lm, examples, replace(cfg.heal, seed=cfg.seed), round_=round_, progress=log_step,
+                  should_stop=should_stop)
+    store.put("train_logs", [_train_row(run_id, round_, s) for s in result.steps])
+    store.set_run(run_id, stage=f"round {round_}: bake")
+    store.save_artifact(run_id, round_, "adapter", lambda tmp: bake.save_adapter(lm, round_, tmp))
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EFBIG: "a file grew past the size limit", errno.EROFS: "the data folder is read-only",
+                   errno.EACCES: "the data folder is not writable", errno.EPERM: "the data folder is not writable"}
+
+
+def storage_error(err: BaseException, store: Store, run_id: int) -> str | None:
+    """A plain message for a failure to write the store or its files (None for other errors)."""
+    if isinstance(err, sqlite3.OperationalError):
+        text = str(err).lower()
+        if "disk is full" in text:
+            why = "the disk is full"
+        elif "disk i/o" in text:
+            why = "the disk failed, filled up or became read-only"
+        elif "readonly" in text or "read-only" in text:
+            why = "the data folder is read-only"
+        else:
+            return None
+    elif isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+        why = _STORAGE_ERRNOS[err.errno]
+    else:
+        return None
+    where = getattr(err, "filename", None) or store.path.parent
+    return (f"Could not write to {where}: {why} ({err}). Run {run_id} is marked failed; everything it stored "
+            f"before this is intact. Free space or fix the permissions of {store.path.parent}, then continue "
+            f"with: steerheal run --db {store.path} --resume {run_id}")
+
+

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +24,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from steerheal.errors import SteerhealError
+from steerheal.faults import crash_point
 
 RUN_STATUSES = ("running", "completed", "failed", "interrupted", "waiting")
 _LIBRARIES = ("steerheal", "torch", "transformers", "peft", "gradio", "sqlite-utils", "altair")
@@ -30,7 +33,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "runs": dict(columns={"id": int, "created": float, "updated": float, "status": str, "model_id": str,
                           "seed": int, "config": str, "versions": str, "git_commit": str, "error": str,
                           "stage": str, "kind": str}, pk="id"),
-    "rounds": dict(columns={"run_id": int, "round": int, "status": str, "started": float, "finished": float},
+    "rounds": dict(columns={"run_id": int, "round": int, "status": str, "started": float, "finished": float,
+                            "rss_mb": float, "db_mb": float},
                    pk=("run_id", "round")),
     "vectors": dict(columns={"run_id": int, "round": int, "path": str, "sha256": str, "norms": str,
                              "cos_v0": float}, pk=("run_id", "round")),
@@ -48,7 +52,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
                       pk="id"),
     "jobs": dict(columns={"id": int, "kind": str, "params": str, "status": str, "run_id": int, "worker": str,
                           "created": float, "started": float, "finished": float, "heartbeat": float,
-                          "progress": str, "result": str, "error": str, "cancel_requested": int}, pk="id"),
+                          "progress": str, "result": str, "error": str, "cancel_requested": int,
+                          "device": str, "attempts": int}, pk="id"),
 }
 JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 UNIQUE = {
@@ -167,6 +172,7 @@ class Store:
                 self.db[table].insert_all(rows)
             else:
                 self.db[table].upsert_all(rows, pk=SCHEMA[table]["pk"])
+            crash_point(f"store:{table}")  # inside the transaction: a kill here must leave no rows
 
     def rows(self, table: str, run_id: int, round: int | None = None, **where) -> list[dict]:
         clauses, args = ["run_id = ?"], [run_id]
@@ -177,6 +183,21 @@ class Store:
             clauses.append(f"[{k}] = ?")
             args.append(v)
         return list(self.db[table].rows_where(" and ".join(clauses), args, order_by="rowid"))
+
+    def completion_sets(self) -> list[dict]:
+        """Every (run, round) holding completions, newest first, with its run's kind and state."""
+        rows = self.db.execute(
+            "select c.run_id, c.round, count(*), r.kind, r.status, r.stage from completions c "
+            "join runs r on r.id = c.run_id group by c.run_id, c.round order by c.run_id desc, c.round desc").fetchall()
+        return [dict(run_id=r[0], round=r[1], count=r[2], kind=r[3], status=r[4], stage=r[5]) for r in rows]
+
+    def change_marker(self, table: str, run_id: int) -> tuple[int, int | None]:
+        """(row count, newest id) of a run's rows in a table: changes whenever rows are added."""
+        if table not in SCHEMA:
+            raise ValueError(f"unknown table {table}")
+        count, newest = self.db.execute(f"select count(*), max(rowid) from [{table}] where run_id = ?",
+                                        [run_id]).fetchone()
+        return int(count), newest
 
     def set_human_verdict(self, completion_id: int | Iterable[int], verdict: bool | None) -> None:
         ids = [completion_id] if isinstance(completion_id, int) else list(completion_id)
@@ -197,14 +218,18 @@ class Store:
                 self.db["completions"].update(cid, {"auto_verdict": int(ok)})
 
     # jobs: a queue in the store, claimed by worker processes -----------
-    def submit_job(self, kind: str, params: dict, run_id: int | None = None) -> int:
+    def submit_job(self, kind: str, params: dict, run_id: int | None = None, device: str | None = None) -> int:
+        """Queue a job. `device` names the accelerator it needs ("default": this machine's
+        own); jobs on one device run one at a time, whatever the number of workers."""
         with self.db.conn:
             table = self.db["jobs"].insert(dict(kind=kind, params=json.dumps(params), status="queued", run_id=run_id,
-                                                created=time.time(), cancel_requested=0, progress="{}"))
+                                                created=time.time(), cancel_requested=0, progress="{}",
+                                                device=device or "default", attempts=0))
         return int(table.last_pk)
 
     def claim_job(self, worker: str) -> dict | None:
-        """Atomically take the oldest queued job (BEGIN IMMEDIATE: one claimant wins)."""
+        """Atomically take the oldest queued job whose device is free (BEGIN IMMEDIATE: one
+        claimant wins; a device with a running job takes no second one)."""
         conn = self.db.conn
         for _ in range(50):
             try:
@@ -215,14 +240,16 @@ class Store:
         else:
             return None
         try:
-            row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested = 0 "
-                               "ORDER BY id LIMIT 1").fetchone()
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested = 0 AND coalesce(device, 'default') "
+                "NOT IN (SELECT coalesce(device, 'default') FROM jobs WHERE status = 'running') "
+                "ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 conn.execute("COMMIT")
                 return None
             now = time.time()
-            conn.execute("UPDATE jobs SET status = 'running', worker = ?, started = ?, heartbeat = ? WHERE id = ?",
-                         [worker, now, now, row[0]])
+            conn.execute("UPDATE jobs SET status = 'running', worker = ?, started = ?, heartbeat = ?, "
+                         "attempts = coalesce(attempts, 0) + 1 WHERE id = ?", [worker, now, now, row[0]])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -281,6 +308,11 @@ class Store:
                 self.set_run(job["run_id"], status="interrupted", error="its worker stopped (killed or crashed)")
         return stale
 
+    def size_mb(self) -> float:
+        """The DB file and its write-ahead log, in MB."""
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if p.exists()) / 2**20
+
     # artefacts ---------------------------------------------------------
     def lab_dir(self) -> Path:
         """Where lab artefacts made outside a run (vectors from the Personas page) live."""
@@ -292,27 +324,56 @@ class Store:
         return self.artifact_root / f"run-{run_id}"
 
     def save_artifact(self, run_id: int, round: int, kind: str, write) -> Path:
-        """`write(tmp_path)` writes a file or folder; it is renamed into place, then recorded."""
-        final = self.artifact_dir(run_id) / f"round-{round}" / kind
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=final.parent)) / kind
+        """`write(tmp_path)` writes a file or folder under a temporary name; it is renamed to
+        a fresh name (never over an existing file), then recorded, then any older version is
+        deleted. So a crash at any point leaves the DB pointing at a complete file, and at
+        worst an unrecorded file that `remove_orphans` deletes on resume."""
+        folder = self.artifact_dir(run_id) / f"round-{round}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem, dot, suffix = kind.partition(".")
+        final = folder / f"{stem}-{uuid.uuid4().hex[:8]}{dot}{suffix}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=folder)) / kind
         try:
-            write(tmp)
-            if final.exists():
-                shutil.rmtree(final) if final.is_dir() else final.unlink()
+            try:
+                write(tmp)
+            except OSError:
+                raise
+            except Exception as err:  # safetensors (Rust) reports OS errors as its own type: keep the errno
+                found = re.search(r"os error (\d+)", str(err))
+                if not found:
+                    raise
+                code = int(found.group(1))
+                raise OSError(code, os.strerror(code), str(folder)) from err
+            crash_point(f"artifact-written:{kind}")
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
+        crash_point(f"artifact-renamed:{kind}")
+        older = [self.path.parent / r["path"] for r in self.rows("artifacts", run_id, round, kind=kind)]
         self.put("artifacts", [dict(run_id=run_id, round=round, kind=kind,
                                     path=str(final.relative_to(self.path.parent)), sha256=sha256_of(final))])
+        for path in older:
+            if path != final:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return final
 
     def remove_orphans(self, run_id: int) -> list[Path]:
-        """Delete temporary files a killed writer left behind (names starting with '.')."""
+        """Delete what a killed writer left in the run's folder: temporary files (names
+        starting with '.') and files no artifacts row points to."""
         root = self.artifact_dir(run_id)
-        removed = [p for p in root.rglob(".*")] if root.exists() else []
-        for p in sorted(removed, key=lambda p: len(p.parts), reverse=True):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if not root.exists():
+            return []
+        recorded = {(self.path.parent / r["path"]).resolve() for r in self.rows("artifacts", run_id)}
+        removed = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-")):
+            for entry in folder.iterdir():
+                if entry.resolve() not in recorded:
+                    removed.append(entry)
+                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed += [p for p in root.iterdir() if p.name.startswith(".")]
+        for p in removed:
+            if p.exists():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         return removed
 
     def artifact(self, run_id: int, round: int, kind: str) -> Path | None:

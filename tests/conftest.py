@@ -20,8 +20,8 @@ def tiny_run_config(**overrides):
     from steerheal.heal import HealConfig
     from steerheal.loop import RunConfig
 
-    tiny = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=2, eval_limit=7,
-                     data_dir=TINYMFV_DATA, n_contexts=16, probe_tokens=24,
+    tiny = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=1, eval_limit=3,
+                     data_dir=TINYMFV_DATA, n_contexts=8, probe_tokens=8,
                      heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
     return replace(tiny, **overrides)
 

@@ -1,5 +1,8 @@
-"""A 2-round CLI run killed with SIGKILL in the middle of a heal step, resumed, then exported
-and reported: what a user gets after a crash is the same run, whole, with no duplicates."""
+"""Crash safety: a 2-round CLI run is killed with SIGKILL at seven named points across
+generation, storing, training, baking, eval and probes, plus once at a moment picked by
+watching the store; after every kill the DB is intact and points at no missing file, and the
+run resumed each time ends exactly like an uninterrupted run with the same seed: same rounds,
+same rows, no duplicates, no orphaned files. Then export and report work on it."""
 
 import json
 import os
@@ -13,17 +16,29 @@ from pathlib import Path
 import pytest
 import torch
 
+from steerheal.faults import CRASH_ENV
 from steerheal.store import Store
 from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-TINY = ["--rounds", "2", "--n-completions", "6", "--max-new-tokens", "20", "--epochs", "2", "--eval-limit", "7",
-        "--think-tokens", "2", "--n-contexts", "16", "--probe-tokens", "24"] + (["--data", TINYMFV_DATA] if TINYMFV_DATA else [])
+TINY = ["--rounds", "2", "--n-completions", "6", "--max-new-tokens", "16", "--epochs", "2", "--eval-limit", "3",
+        "--think-tokens", "1", "--n-contexts", "8", "--probe-tokens", "8"] + (["--data", TINYMFV_DATA] if TINYMFV_DATA else [])
+# (where, what it interrupts); each is reached once the kills before it have been resumed
+CRASH_POINTS = [
+    ("round0:generated", "generation: completions made, none stored"),
+    ("store:completions", "storing: inside the completions transaction"),
+    ("round0:heal-step2", "training: after heal step 2 of round 0"),
+    ("artifact-written:adapter", "baking: adapter written under a temporary name"),
+    ("artifact-renamed:adapter", "baking: adapter renamed into place, not yet recorded"),
+    ("round1:eval-steered", "eval: first batch of round 1's steered eval"),
+    ("round1:probes", "probes answered, not stored"),
+]
+TABLES = ("rounds", "vectors", "completions", "evals", "probes", "train_logs", "artifacts")
 
 
-def _cli(*args, **kw):
+def _cli(*args, env=None, **kw):
     return subprocess.run([sys.executable, "-m", "steerheal.cli", *args], capture_output=True, text=True,
-                          timeout=900, **kw)
+                          timeout=900, env=env, **kw)
 
 
 def _stage(db: Path) -> str | None:
@@ -35,46 +50,92 @@ def _stage(db: Path) -> str | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory):
-    """Start the run, SIGKILL it during round 1's heal, resume it; yields (db, run_id, stage at kill)."""
-    db = tmp_path_factory.mktemp("resume") / "runs.db"
-    proc = subprocess.Popen([sys.executable, "-m", "steerheal.cli", "run", "--db", str(db), *TINY],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 900
-    stage = None
+def _check_after_kill(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        for path, in conn.execute("select path from artifacts"):
+            assert (db.parent / path).exists(), f"the DB points at a missing file: {path}"
+        for round_, n in conn.execute("select round, count(*) from completions group by round"):
+            assert n == 6, f"round {round_} holds {n} of 6 completions: a partial write"
+
+
+def _kill_when(db: Path, args: list[str], stage_prefix: str) -> str:
+    """Run the CLI and SIGKILL it once the store's stage starts with stage_prefix."""
+    proc = subprocess.Popen([sys.executable, "-m", "steerheal.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, stage = time.time() + 600, None
     while time.time() < deadline and proc.poll() is None:
-        stage = _stage(db) if db.exists() else None
-        if stage and stage.startswith("round 1: heal step"):
+        stage = _stage(db)
+        if stage and stage.startswith(stage_prefix):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before its heal step could be interrupted (stage {stage!r})"
+    assert proc.poll() is None, f"the run ended before {stage_prefix!r} (stage {stage!r})"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    run_id = int(proc.stdout.readline().split()[1])
-    resumed = _cli("run", "--db", str(db), "--resume", str(run_id))
+    return stage
+
+
+def _contents(store: Store, run_id: int) -> dict:
+    """What a user would compare between two runs (ids and times left out)."""
+    keep = {"rounds": ("round", "status"), "vectors": ("round", "norms", "cos_v0"),
+            "completions": ("round", "idx", "prompt", "alpha", "text", "auto_verdict", "reasons"),
+            "evals": ("round", "stage", "auth_nats", "care_nats", "coherence", "top1_acc"),
+            "probes": ("round", "prompt", "answer"), "train_logs": ("round", "step", "loss", "nll", "divergence"),
+            "artifacts": ("round", "kind")}
+    out = {}
+    for table, cols in keep.items():
+        rows = [tuple(round(r[c], 5) if isinstance(r[c], float) else r[c] for c in cols)
+                for r in store.rows(table, run_id)]
+        out[table] = sorted(rows, key=repr)
+    return out
+
+
+@pytest.fixture(scope="module")
+def crashed_and_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    ref_db = root / "ref" / "runs.db"
+    ref = _cli("run", "--db", str(ref_db), *TINY)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    db = root / "crashed" / "runs.db"
+    log = []
+    for i, (point, what) in enumerate(CRASH_POINTS):
+        if point.startswith("round1:") and len(log) == i:  # once round 0 is done: a kill timed from outside
+            log.append(_kill_when(db, ["run", "--db", str(db), "--resume", "1"], "round 1: heal step"))
+            _check_after_kill(db)
+        args = ["run", "--db", str(db), *(["--resume", "1"] if i else TINY)]
+        res = _cli(*args, env={**os.environ, CRASH_ENV: point})
+        assert res.returncode == -signal.SIGKILL, f"no crash at {point} ({what}): {res.stderr[-1500:]}"
+        _check_after_kill(db)
+        log.append(point)
+    resumed = _cli("run", "--db", str(db), "--resume", "1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    return db, run_id, stage
+    return db, 1, ref_db, log
 
 
-def test_killed_mid_heal_resumes_to_the_same_rounds_without_duplicates(resumed_run):
-    db, run_id, stage_at_kill = resumed_run
-    assert stage_at_kill.startswith("round 1: heal step")
-    store = Store(db)
-    run = store.run(run_id)
-    assert run["status"] == "completed"
+@pytest.fixture(scope="module")
+def resumed_run(crashed_and_reference):
+    db, run_id, _, _ = crashed_and_reference
+    return db, run_id
+
+
+def test_killed_at_eight_points_resumes_to_the_same_run_as_an_uninterrupted_one(crashed_and_reference):
+    db, run_id, ref_db, kills = crashed_and_reference
+    assert len(kills) == len(CRASH_POINTS) + 1 and any(k.startswith("round 1: heal step") for k in kills)
+    store, ref = Store(db), Store(ref_db)
+    assert store.run(run_id)["status"] == "completed"
     assert [r["round"] for r in store.rows("rounds", run_id) if r["status"] == "completed"] == [0, 1]
+    ours, theirs = _contents(store, run_id), _contents(ref, 1)
+    for table in TABLES:
+        assert ours[table] == theirs[table], f"{table} differs from the uninterrupted run"
     assert len(store.rows("completions", run_id)) == 12
     assert sorted((e["round"], e["stage"]) for e in store.rows("evals", run_id)) == [
         (-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered"), (1, "healed"), (1, "steered")]
-    assert len(store.rows("probes", run_id)) == 3 * len(store.rows("probes", run_id, -1))
-    for round_ in (0, 1):
-        steps = [t["step"] for t in store.rows("train_logs", run_id, round_)]
-        assert sorted(steps) == list(range(1, len(steps) + 1))
-    kinds = sorted((a["round"], a["kind"]) for a in store.rows("artifacts", run_id))
-    assert kinds == [(0, "adapter"), (0, "vector.safetensors"), (1, "adapter"), (1, "vector.safetensors")]
-    leftovers = [p for p in store.artifact_dir(run_id).rglob(".*")]
-    assert not leftovers, f"temporary files left behind: {leftovers}"
+    # no orphaned files: everything in the run's folder is recorded, and every record exists
+    recorded = {(db.parent / a["path"]).resolve() for a in store.rows("artifacts", run_id)}
+    on_disk = {p.resolve() for p in store.artifact_dir(run_id).glob("round-*/*")}
+    assert on_disk == recorded and all(p.exists() for p in recorded)
+    assert not list(store.artifact_dir(run_id).rglob(".*")), "temporary files left behind"
     with sqlite3.connect(db) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
@@ -87,7 +148,7 @@ def test_export_writes_loadable_adapters_and_a_merged_model_matching_round_k(res
     from steerheal.models import load_model
     from steerheal.vectors import SteeringVector
 
-    db, run_id, _ = resumed_run
+    db, run_id = resumed_run
     out = tmp_path / "export"
     res = _cli("export", str(run_id), "--round", "1", "--out", str(out), "--db", str(db), "--json")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -106,6 +167,19 @@ def test_export_writes_loadable_adapters_and_a_merged_model_matching_round_k(res
     assert torch.allclose(ours, theirs, atol=1e-3)
     assert (ours - base).abs().max() > 1e-3  # the adapters really changed the model
 
+    card = (out / "merged" / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "| 1 | healed |" in card and '"agg": "rmse"' in card
+    assert (out / "README.md").read_text() == card
+
+    # pushing needs the network: here (offline) it is a clear error after a complete export
+    pushed = _cli("export", str(run_id), "--round", "0", "--out", str(tmp_path / "push"), "--db", str(db),
+                  "--push-to-hub", "someone/healed", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert pushed.returncode == 2 and "Could not push to someone/healed" in pushed.stderr, pushed.stderr[-1500:]
+    assert (tmp_path / "push" / "merged" / "config.json").is_file()
+    bad = _cli("export", str(run_id), "--round", "0", "--out", str(tmp_path / "p2"), "--db", str(db),
+               "--push-to-hub", "no-owner")
+    assert bad.returncode == 2 and "owner/name" in bad.stderr
+
     again = _cli("export", str(run_id), "--round", "1", "--out", str(out), "--db", str(db))
     assert again.returncode == 2 and "not empty" in again.stderr
     missing = _cli("export", str(run_id), "--round", "5", "--out", str(tmp_path / "x"), "--db", str(db))
@@ -113,7 +187,7 @@ def test_export_writes_loadable_adapters_and_a_merged_model_matching_round_k(res
 
 
 def test_report_is_one_html_page_with_charts_and_probe_answers(resumed_run, tmp_path):
-    db, run_id, _ = resumed_run
+    db, run_id = resumed_run
     out = tmp_path / "report.html"
     res = _cli("report", str(run_id), "--out", str(out), "--db", str(db))
     assert res.returncode == 0, res.stderr[-2000:]

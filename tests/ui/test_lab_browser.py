@@ -82,7 +82,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     # Heal: a one-round loop with tiny settings, followed live to the end.
     tab(page, "Heal")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 6), ("heal-max-tokens", 16), ("heal-epochs", 1),
-                           ("heal-eval-limit", 7), ("heal-think", 2), ("heal-probe-tokens", 24)):
+                           ("heal-eval-limit", 3), ("heal-think", 1), ("heal-probe-tokens", 12)):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     page.locator("#start-run-status").get_by_text(re.compile(r"Run \d+ queued")).wait_for(timeout=30_000)

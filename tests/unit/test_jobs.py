@@ -13,7 +13,7 @@ from steerheal.store import Store
 def test_a_job_is_claimed_by_exactly_one_of_many_workers(tmp_path):
     db = tmp_path / "runs.db"
     store = Store(db)
-    ids = [store.submit_job("vector", {"n": i}) for i in range(5)]
+    ids = [store.submit_job("vector", {"n": i}, device=f"cuda:{i}") for i in range(5)]
     claims: list[tuple[str, int]] = []
     lock = threading.Lock()
 
@@ -30,6 +30,42 @@ def test_a_job_is_claimed_by_exactly_one_of_many_workers(tmp_path):
         t.join()
     assert sorted(j for _, j in claims) == ids
     assert all(store.job(j)["status"] == "running" and store.job(j)["worker"] for j in ids)
+    assert all(store.job(j)["attempts"] == 1 for j in ids)
+
+
+def test_jobs_on_one_device_run_one_at_a_time_however_many_workers(tmp_path):
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    ids = [store.submit_job("generate", {"n": i}) for i in range(6)]  # all on this machine's device
+    store.submit_job("vector", {}, device="cuda:1")  # another device is not held up
+    running_now, overlaps, lock = set(), [], threading.Lock()
+
+    def worker(name):
+        mine = Store(db)
+        idle = 0
+        while idle < 20:
+            job = mine.claim_job(name)
+            if job is None:
+                idle += 1
+                time.sleep(0.01)
+                continue
+            with lock:
+                if job["device"] == "default":
+                    overlaps.append(len(running_now))
+                    running_now.add(job["id"])
+            time.sleep(0.02)
+            with lock:
+                running_now.discard(job["id"])
+            mine.update_job(job["id"], status="completed", finished=time.time())
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [0] * 6, "a second job started on a busy device"
+    assert all(store.job(j)["status"] == "completed" and store.job(j)["attempts"] == 1 for j in ids)
+    assert store.jobs(kind="vector")[0]["status"] == "completed"
 
 
 def test_cancelling_a_queued_job_means_no_worker_ever_runs_it(tmp_path):

@@ -1,0 +1,38 @@
+"""A 20-round run on the bundled model with tiny settings: memory stays flat and the DB grows
+by a steady amount per round (what a researcher leaving a loop overnight relies on)."""
+
+import statistics
+
+import pytest
+
+from steerheal.heal import HealConfig
+from steerheal.loop import RunConfig, run_loop, start_run
+from steerheal.store import Store
+from tests.conftest import TINYMFV_DATA
+
+pytestmark = pytest.mark.integration
+ROUNDS = 20
+
+
+def test_twenty_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    cfg = RunConfig(rounds=ROUNDS, n_completions=4, max_new_tokens=12, eval_limit=2, think_tokens=1, n_contexts=4,
+                    probe_tokens=4, data_dir=TINYMFV_DATA, coherence_floor=1e-9,
+                    heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+    run_id = start_run(store, cfg)
+    run = run_loop(store, run_id)
+    assert run["status"] == "completed"
+    rounds = sorted((r for r in store.rows("rounds", run_id) if r["status"] == "completed"), key=lambda r: r["round"])
+    assert [r["round"] for r in rounds] == list(range(ROUNDS))
+    rss = [r["rss_mb"] for r in rounds]
+    db = [r["db_mb"] for r in rounds]
+    table = "\n".join(f"round {r['round']:>2}: rss {r['rss_mb']:7.1f} MB, db {r['db_mb'] * 1024:7.1f} KB"
+                      for r in rounds)
+    print(table)
+    growth = rss[-1] / rss[2] - 1
+    assert growth < 0.10, f"memory grew {growth:.1%} from round 2 to round {ROUNDS - 1}:\n{table}"
+    assert max(rss[2:]) < 1.10 * rss[2], f"memory peaked over 10% above round 2:\n{table}"
+    steps = [b - a for a, b in zip(db[1:], db[2:])]
+    typical = statistics.median(steps)
+    assert typical > 0
+    assert all(0.5 * typical <= s <= 2.0 * typical for s in steps), f"DB growth per round is not steady:\n{table}"
