@@ -44,7 +44,7 @@ run: setup
 
 test: export STEERHEAL_REQUIRE_BROWSER := 1
 test: setup browser
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=40 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

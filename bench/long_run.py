@@ -13,27 +13,30 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from steerheal.filters import FilterConfig
 from steerheal.heal import HealConfig  # noqa: E402
 from steerheal.loop import RunConfig, run_loop, start_run
 from steerheal.memory import resident_mb  # noqa: E402
 from steerheal.store import Store  # noqa: E402
 
+# every completion is kept, so each round trains (the filters are not what this measures)
+KEEP_ALL = FilterConfig(max_tail_perplexity=1e9, max_repetition=1.0, reject_narration=False, reject_refusal=False)
+
 
 def tiny_config(rounds: int, ref: str, data_dir: str | None) -> RunConfig:
-    return RunConfig(rounds=rounds, n_completions=4, max_new_tokens=12, eval_limit=2, think_tokens=1, n_contexts=4,
-                     probe_tokens=4, data_dir=data_dir, coherence_floor=1e-9,
+    return RunConfig(rounds=rounds, n_completions=4, max_new_tokens=8, filters=KEEP_ALL, eval_limit=1,
+                     think_tokens=1, n_contexts=2, probe_tokens=2, data_dir=data_dir, coherence_floor=1e-9,
                      heal=HealConfig(rank=8, lora_alpha=16, epochs=1, ref=ref))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--ref", choices=["base", "prev"], default="base")
+    ap.add_argument("--ref", choices=["base", "prev"], default="prev")
     ap.add_argument("--data", default=None, help="tinymfv folder (default: STEERHEAL_TINYMFV_DIR or the demo set)")
     ap.add_argument("--stages", action="store_true", help="print memory after every stage")
     args = ap.parse_args()

@@ -1,10 +1,12 @@
 """Round adapters stacked on the base model, and folding them into the weights.
 
-The model "at round k" is the base plus the adapters of rounds 0..k. They stay as separate,
-named PEFT adapters (`round0`, `round1`, ...) so that
-  - the `base` reference is exact and costs no second copy: `disable_adapter()`;
-  - the `prev` reference is the stack without the adapter being trained;
-  - each round saves as a standard PEFT adapter directory.
+The model "at round k" is the base plus the adapters of rounds 0..k. With the `base`
+reference they stay as separate, named PEFT adapters (`round0`, `round1`, ...) so that the
+reference is exact and costs no second copy of the model (`disable_adapter()`); the price is
+one adapter's weights per round in memory. With the `prev` reference the earlier rounds are
+folded into the weights for good before a round trains (`fold_for_good`), so the reference is
+simply the model with the new adapter disabled and memory stays flat. Either way each round
+saves as a standard PEFT adapter directory.
 For generation and evals the adapters are merged into the weights (W += (alpha/r) B A) and
 unmerged again before the next round trains; a 4-bit base keeps them unmerged.
 """
@@ -15,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
 from torch import nn
 
 from steerheal.errors import SteerhealError
@@ -59,10 +60,24 @@ def adapter_names(lm: LoadedModel) -> list[str]:
     return sorted(lm.model.peft_config, key=lambda s: int(s.removeprefix("round"))) if is_peft(lm) else []
 
 
-def add_adapter(lm: LoadedModel, round_: int, rank: int, alpha: int, depth: tuple[float, float]) -> str:
-    """A fresh LoRA for this round (B = 0, so it starts as a no-op); only it is trainable."""
+def fold_for_good(lm: LoadedModel) -> None:
+    """Fold every adapter into the weights and drop the adapter modules (their files stay on
+    disk). With the `prev` reference nothing needs the unfolded stack, so memory and step time
+    stay flat however many rounds a run has. A 4-bit base cannot be folded: it keeps the stack."""
+    if not is_peft(lm) or getattr(lm.spec, "load_in_4bit", False):
+        return
+    unmerge(lm)
+    lm.model = lm.model.merge_and_unload(adapter_names=adapter_names(lm))
+
+
+def add_adapter(lm: LoadedModel, round_: int, rank: int, alpha: int, depth: tuple[float, float],
+                fold_previous: bool = False) -> str:
+    """A fresh LoRA for this round (B = 0, so it starts as a no-op); only it is trainable.
+    fold_previous folds the earlier rounds into the weights first (for the `prev` reference)."""
     from peft import LoraConfig, get_peft_model
 
+    if fold_previous:
+        fold_for_good(lm)
     name = adapter_name(round_)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(lm, depth), lora_dropout=0.0,
                      bias="none", init_lora_weights=True)

@@ -162,7 +162,7 @@ def heal(lm: LoadedModel, examples: Sequence[TrainExample], cfg: HealConfig, rou
     encoded = _encode(lm, [examples[i] for i in order], system)
     val, train = encoded[:n_val], encoded[n_val:]
     torch.manual_seed(cfg.seed + round_)
-    name = add_adapter(lm, round_, cfg.rank, cfg.lora_alpha, cfg.depth)
+    name = add_adapter(lm, round_, cfg.rank, cfg.lora_alpha, cfg.depth, fold_previous=cfg.ref == "prev")
     params = [p for p in lm.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum)

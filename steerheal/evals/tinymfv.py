@@ -26,7 +26,7 @@ from steerheal.batching import pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.config import SteerConfig
 from steerheal.errors import SteerhealError
-from steerheal.evals.tinymfv_data import FOUNDATIONS, Vignette, VignetteSet, stratified_subset
+from steerheal.evals.tinymfv_data import Vignette, VignetteSet, stratified_subset
 from steerheal.models import LoadedModel
 from steerheal.steering import steer
 

@@ -92,6 +92,20 @@ def test_adapters_save_as_peft_and_rebuild_the_round_k_model(fresh, examples, tm
     assert torch.allclose(logits(rebuilt), healed, atol=1e-4)
 
 
+def test_prev_reference_folds_earlier_rounds_so_memory_stays_flat(fresh, examples, tmp_path):
+    cfg = HealConfig(epochs=1, rank=8, lora_alpha=16, lr=1e-3, ref="prev")
+    dirs = []
+    for r in (0, 1):
+        heal(fresh, examples, cfg, round_=r)
+        dirs.append(bake.save_adapter(fresh, r, tmp_path / f"round-{r}"))
+        assert bake.adapter_names(fresh) == [f"round{r}"]  # earlier rounds are in the weights now
+    lora_params = sum(p.numel() for n, p in fresh.model.named_parameters() if "lora_" in n)
+    assert lora_params == sum(p.numel() for n, p in fresh.model.named_parameters() if ".round1." in n)
+    rebuilt = load_model("bundled")
+    bake.load_adapters(rebuilt, dirs)  # the stacked rebuild (export, resume) is the same model
+    assert torch.allclose(logits(rebuilt), logits(fresh), atol=1e-4)
+
+
 def test_bad_heal_config_and_too_few_examples(fresh, examples):
     with pytest.raises(SteerhealError, match="Unknown KL aggregate"):
         HealConfig(agg="median").validate()

@@ -1,10 +1,17 @@
 """A 20-round run on the bundled model with tiny settings: memory stays flat and the DB grows
-by a steady amount per round (what a researcher leaving a loop overnight relies on)."""
+by a steady amount per round (what a researcher leaving a loop overnight relies on).
+
+The run anchors to the previous round (`ref = prev`), which folds each finished round into the
+weights, so nothing should grow with the round count. (With `ref = base` the exact reference
+needs every round's adapter kept unfolded: memory then grows by one adapter per round, by
+design; `python bench/long_run.py --ref base` prints those figures.)
+"""
 
 import statistics
 
 import pytest
 
+from steerheal.filters import FilterConfig
 from steerheal.heal import HealConfig
 from steerheal.loop import RunConfig, run_loop, start_run
 from steerheal.store import Store
@@ -12,16 +19,17 @@ from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
 ROUNDS = 20
+# every completion is kept, so each round trains (the filters are not what this measures)
+KEEP_ALL = FilterConfig(max_tail_perplexity=1e9, max_repetition=1.0, reject_narration=False, reject_refusal=False)
 
 
 def test_twenty_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
     store = Store(tmp_path / "runs.db")
-    cfg = RunConfig(rounds=ROUNDS, n_completions=4, max_new_tokens=12, eval_limit=2, think_tokens=1, n_contexts=4,
-                    probe_tokens=4, data_dir=TINYMFV_DATA, coherence_floor=1e-9,
-                    heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
+    cfg = RunConfig(rounds=ROUNDS, n_completions=4, max_new_tokens=8, filters=KEEP_ALL, eval_limit=1,
+                    think_tokens=1, n_contexts=2, probe_tokens=2, data_dir=TINYMFV_DATA, coherence_floor=1e-9,
+                    heal=HealConfig(rank=8, lora_alpha=16, epochs=1, ref="prev"))
     run_id = start_run(store, cfg)
-    run = run_loop(store, run_id)
-    assert run["status"] == "completed"
+    assert run_loop(store, run_id)["status"] == "completed"
     rounds = sorted((r for r in store.rows("rounds", run_id) if r["status"] == "completed"), key=lambda r: r["round"])
     assert [r["round"] for r in rounds] == list(range(ROUNDS))
     rss = [r["rss_mb"] for r in rounds]

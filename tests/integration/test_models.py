@@ -25,7 +25,6 @@ def test_missing_local_directory_is_a_clear_error(tmp_path):
 
 
 def test_layers_found_for_gemma3_multimodal():
-    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     cfg = Gemma3Config(

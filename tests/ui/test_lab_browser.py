@@ -34,7 +34,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     # Personas: extract the default care-over-authority vector from a smaller context pool
     # (quicker on 2 cores; the loop below uses the same pool); the norms chart appears.
     pool = page.locator("#persona-contexts textarea")
-    pool.fill("\n".join(pool.input_value().splitlines()[:16]))
+    pool.fill("\n".join(pool.input_value().splitlines()[:8]))
     page.locator("#extract-btn").click()
     page.locator("#extract-status").get_by_text("The Steer page uses it now").wait_for(timeout=LONG)
     page.locator("#norms-chart .vega-embed").wait_for(timeout=30_000)
@@ -43,7 +43,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     # Steer: alpha 0 gives the base text exactly; a strong alpha changes it and shades tokens by KL.
     tab(page, "Steer")
     set_number(page, "steer-alpha", 0)
-    set_number(page, "steer-max-tokens", 24)
+    set_number(page, "steer-max-tokens", 16)
     page.locator("#preview-btn").click()
     page.locator("#kl-shaded[data-alpha='0']").wait_for(timeout=LONG)
     base = page.locator("#base-out textarea").input_value()
@@ -59,7 +59,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
 
     # A small batch for curation in the background.
     set_number(page, "batch-n", 4)
-    set_number(page, "batch-max-tokens", 16)
+    set_number(page, "batch-max-tokens", 12)
     page.locator("#batch-btn").click()
     page.locator("#batch-status").get_by_text("ready on the Curate page").wait_for(timeout=LONG)
 

@@ -84,13 +84,13 @@ def test_three_stages_on_a_stratified_subset(lm, care_vector):
     from steerheal.evals.tinymfv_data import demo_set
 
     data = data or demo_set()
-    cfg = EvalConfig(think_tokens=4, limit=14)
+    cfg = EvalConfig(think_tokens=2, limit=7)
     base = evaluate(lm, data, cfg)
     zero = evaluate(lm, data, cfg, stage="steered", vector=care_vector, steer_cfg=SteerConfig(alpha=0.0))
     steered = evaluate(lm, data, cfg, stage="steered", vector=care_vector, steer_cfg=SteerConfig(alpha=4.0))
     prompted = evaluate(lm, data, cfg, stage="prompted",
                         persona_prompt=persona_system_prompt(persona_pair().pos))
-    assert base.metrics["n_rows"] == 14 and len({r.foundation for r in base.rows}) == 7
+    assert base.metrics["n_rows"] == 7 and len({r.foundation for r in base.rows}) == 7
     assert zero.metrics["auth_nats"] == pytest.approx(base.metrics["auth_nats"], abs=1e-6)
     assert steered.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
     assert prompted.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
