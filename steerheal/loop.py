@@ -6,9 +6,9 @@ results are already stored is skipped, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
-import errno
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -19,14 +19,14 @@ import torch
 from steerheal import bake
 from steerheal.config import GenerationConfig, LayerBand, ModelSpec, SteerConfig, _finite, persona_system_prompt
 from steerheal.errors import SteerhealError
-from steerheal.faults import crash_point
 from steerheal.evals.probes import answer_probes
 from steerheal.evals.tinymfv import EvalConfig, evaluate
 from steerheal.evals.tinymfv_data import load_vignettes
+from steerheal.faults import crash_point
 from steerheal.filters import FilterConfig, evaluate_completions
 from steerheal.generate import generate
-from steerheal.memory import release_memory, resident_mb
 from steerheal.heal import MIN_EXAMPLES, HealConfig, TrainExample, heal
+from steerheal.memory import release_memory, resident_mb
 from steerheal.models import load_model
 from steerheal.presets import axis_prompts, default_contexts, persona_pair
 from steerheal.store import Store
