@@ -77,3 +77,26 @@ def test_missing_directory_location_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SteerhealError, match="Cannot open the store"):
         Store(blocker / "runs.db")
+
+
+def test_saving_again_records_the_new_file_before_deleting_the_old(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run({}, "m", 0)
+    first = store.save_artifact(run_id, 0, "vector.safetensors", lambda p: p.write_text("one"))
+    second = store.save_artifact(run_id, 0, "vector.safetensors", lambda p: p.write_text("two"))
+    assert first != second and not first.exists() and second.read_text() == "two"
+    assert second.name.startswith("vector-") and second.suffix == ".safetensors"
+    assert store.artifact(run_id, 0, "vector.safetensors") == second
+    assert len(store.rows("artifacts", run_id)) == 1
+
+
+def test_remove_orphans_keeps_recorded_files_and_deletes_the_rest(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run({}, "m", 0)
+    kept = store.save_artifact(run_id, 0, "adapter", lambda p: (p.mkdir(), (p / "w").write_text("x")))
+    folder = kept.parent
+    (folder / "adapter-deadbeef").mkdir()  # renamed into place, never recorded (killed just then)
+    (folder / ".adapter-tmp").mkdir()  # still under its temporary name
+    removed = store.remove_orphans(run_id)
+    assert sorted(p.name for p in removed) == [".adapter-tmp", "adapter-deadbeef"]
+    assert sorted(p.name for p in folder.iterdir()) == [kept.name]
