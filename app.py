@@ -23,15 +23,16 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 POLL_SECONDS = 2.0
 
 
-def build_app(db_path: str, model: str = "bundled"):
+def build_app(db_path: str, model: str = "bundled", load_in_4bit: bool = False):
     import gradio as gr
 
     from pages import curate, heal, personas, results, steer
     from pages.common import Lab
 
-    lab = Lab.open(db_path, model)
+    lab = Lab.open(db_path, model, load_in_4bit)
     with gr.Blocks(title="steerheal") as demo:
-        gr.Markdown(f"# steerheal <span class='sh-muted' style='font-size:.5em'>model {model} · store "
+        gr.Markdown(f"# steerheal <span class='sh-muted' style='font-size:.5em'>model {model}"
+                    f"{' (4-bit)' if load_in_4bit else ''} · store "
                     f"{lab.store.path}</span>")
         timer = gr.Timer(POLL_SECONDS)
         with gr.Tabs(elem_id="pages"):
@@ -89,14 +90,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="worker processes to start (0: run `steerheal worker` "
                                                            "yourself)")
     ap.add_argument("--model", default="bundled", help="model for previews and new jobs")
+    ap.add_argument("--4bit", dest="load_in_4bit", action="store_true",
+                    help="load that model in 4-bit (bitsandbytes NF4; CUDA GPUs only); runs train QLoRA")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     auth = auth_from_env(args.host)
     if args.workers < 0:
         raise SystemExit("steerheal: error: --workers must be 0 or more.")
+    if args.load_in_4bit:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("steerheal: error: --4bit needs a CUDA GPU (bitsandbytes); drop --4bit on this machine.")
     from pages.common import CSS
 
-    demo = build_app(args.db, args.model)
+    demo = build_app(args.db, args.model, args.load_in_4bit)
     # SIGTERM (docker stop, kill) exits through atexit, so the workers hear about it too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     start_workers(str(demo.lab.store.path), args.workers)

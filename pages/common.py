@@ -31,9 +31,9 @@ class Lab:
     data_dir: Path
 
     @classmethod
-    def open(cls, db_path: str, model: str = "bundled") -> "Lab":
+    def open(cls, db_path: str, model: str = "bundled", load_in_4bit: bool = False) -> "Lab":
         store = Store(db_path)
-        return cls(store=store, preview=PreviewService(model), data_dir=store.path.parent)
+        return cls(store=store, preview=PreviewService(model, load_in_4bit), data_dir=store.path.parent)
 
 
 def friendly(fn: Callable) -> Callable:

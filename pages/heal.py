@@ -3,9 +3,8 @@ round, step, loss and barrier curves); cancel and resume."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import html
+from dataclasses import replace
 
 import altair as alt
 import gradio as gr
@@ -121,7 +120,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
 
     @friendly
     def submit(*values):
-        cfg = run_config_from_form(lab.preview.model_name, *values)
+        cfg = replace(run_config_from_form(lab.preview.model_name, *values), load_in_4bit=lab.preview.load_in_4bit)
         run_id = start_run(lab.store, cfg)
         jid = jobs.submit(lab.store, "loop", dict(run_id=run_id), run_id=run_id)
         return (f"Run **{run_id}** queued (job {jid}).", gr.update(choices=run_choices(lab.store), value=run_id),

@@ -98,7 +98,7 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
             raise SteerhealError("The context pool is empty: give at least one user message per line.")
         if len(ctx) > 5000:
             raise SteerhealError(f"{len(ctx)} contexts is too many for one extraction: keep it under 5000.")
-        jid = jobs.submit(lab.store, "vector", dict(model=lab.preview.model_name, pos=pos_text, neg=neg_text,
+        jid = jobs.submit(lab.store, "vector", dict(model=lab.preview.model_name, load_in_4bit=lab.preview.load_in_4bit, pos=pos_text, neg=neg_text,
                                                     contexts=ctx))
         return jid, job_status_md(lab.store.job(jid), "extraction")
 

@@ -14,17 +14,19 @@ from steerheal.errors import SteerhealError
 
 
 class PreviewService:
-    def __init__(self, model: str = "bundled"):
+    def __init__(self, model: str = "bundled", load_in_4bit: bool = False):
         self.model_name = model
+        self.load_in_4bit = load_in_4bit
         self._lm = None
         self._lock = threading.Lock()
         self._vectors: dict[str, object] = {}
 
     def model(self):
         if self._lm is None:
+            from steerheal.config import ModelSpec
             from steerheal.models import load_model
 
-            self._lm = load_model(self.model_name)
+            self._lm = load_model(ModelSpec(name=self.model_name, load_in_4bit=self.load_in_4bit))
         return self._lm
 
     def vector(self, path: str | None):

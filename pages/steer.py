@@ -84,7 +84,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
         count = as_int(count, "Completions", 1, 2000)
         n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
         LayerBand(band)
-        jid = jobs.submit(lab.store, "generate", dict(model=lab.preview.model_name, vector=vector_path, n=count,
+        jid = jobs.submit(lab.store, "generate", dict(model=lab.preview.model_name, load_in_4bit=lab.preview.load_in_4bit, vector=vector_path, n=count,
                                                       alphas=parse_floats(alpha_text, "strength"), layers=band,
                                                       max_new_tokens=n_tokens,
                                                       seed=as_int(seed_value, "Seed", 0)))

@@ -71,12 +71,14 @@ class ModelCache:
         self._name: str | None = None
         self._lm = None
 
-    def get(self, name: str):
+    def get(self, name: str, load_in_4bit: bool = False):
+        from steerheal.config import ModelSpec
         from steerheal.models import load_model
 
-        if self._name != name:
+        key = f"{name}{' (4-bit)' if load_in_4bit else ''}"
+        if self._name != key:
             self._lm, self._name = None, None
-            self._lm, self._name = load_model(name), name
+            self._lm, self._name = load_model(ModelSpec(name=name, load_in_4bit=bool(load_in_4bit))), key
         return self._lm
 
 
@@ -88,7 +90,7 @@ def _job_vector(store: Store, params: dict, ctx: JobContext, models: ModelCache)
     pair = PersonaPair(pos=params["pos"], neg=params["neg"], name=params.get("name", "custom")).validate()
     contexts = params.get("contexts") or default_contexts()
     ctx.progress("loading model")
-    lm = models.get(params.get("model", "bundled"))
+    lm = models.get(params.get("model", "bundled"), params.get("load_in_4bit", False))
     ctx.progress("extracting", 0, 2 * len(contexts))
 
     def step(done: int, total: int) -> None:
@@ -110,7 +112,7 @@ def _job_generate(store: Store, params: dict, ctx: JobContext, models: ModelCach
     from steerheal.vectors import SteeringVector
 
     vector = SteeringVector.load(params["vector"])
-    lm = models.get(params.get("model", "bundled"))
+    lm = models.get(params.get("model", "bundled"), params.get("load_in_4bit", False))
     alphas = [float(a) for a in params["alphas"]]
     n = int(params["n"])
     if n < 1:

@@ -31,6 +31,17 @@ def test_exposing_the_app_without_credentials_is_refused(tmp_path):
     assert not (tmp_path / "r.db").exists(), "nothing may be created when the app refuses to start"
 
 
+def test_4bit_without_a_gpu_is_refused_before_anything_is_created(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # on a GPU machine 4-bit is allowed
+    res = subprocess.run([sys.executable, str(ROOT / "app.py"), "--4bit", "--db", str(tmp_path / "r.db"),
+                          "--workers", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode != 0 and "--4bit needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r.db").exists()
+
+
 def test_an_exposed_app_refuses_unauthenticated_requests(tmp_path):
     port = free_port()
     proc = start_app(tmp_path / "runs.db", port, workers=0, host="0.0.0.0",
