@@ -130,9 +130,14 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         found = lab.store.jobs(limit=1, kind="loop", run_id=run_id)
         return found[0] if found else None
 
-    def view(run_id):
+    def curves(run_id):
+        run = lab.store.run(int(run_id))
+        return loss_chart(lab.store.rows("train_logs", run["id"]), run["config"].get("heal", {}).get("tau"))
+
+    def status(run_id):
+        """The run's state, its job, and which of cancel / resume apply (everything but the curves)."""
         if run_id is None:
-            return "<span class='sh-muted'>No run selected.</span>", None, gr.update(interactive=False), \
+            return "<span class='sh-muted'>No run selected.</span>", gr.update(interactive=False), \
                 gr.update(interactive=False)
         lab.store.mark_stale_jobs()
         run = lab.store.run(int(run_id))
@@ -149,11 +154,12 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             lines.append(f"<div class='sh-error'>{html.escape(run['error'])}</div>")
         done = [r["round"] for r in lab.store.rows("rounds", run["id"]) if r["status"] == "completed"]
         lines.append(f"<div class='sh-muted'>rounds completed: {len(done)} of {run['config'].get('rounds')}</div>")
-        logs = lab.store.rows("train_logs", run["id"])
-        tau_v = run["config"].get("heal", {}).get("tau")
         busy = bool(job and job["status"] in ("queued", "running"))
-        return "".join(lines), loss_chart(logs, tau_v), gr.update(interactive=busy), \
-            gr.update(interactive=not busy and run["status"] in RESUMABLE)
+        return "".join(lines), gr.update(interactive=busy), gr.update(interactive=not busy and run["status"] in RESUMABLE)
+
+    def view(run_id):
+        state, cancel_u, resume_u = status(run_id)
+        return state, None if run_id is None else curves(run_id), cancel_u, resume_u
 
     @friendly
     def do_cancel(run_id):
@@ -190,10 +196,14 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
 
     def tick(run_id, last_key):
         choices = run_choices(lab.store)
-        state, chart, cancel_u, resume_u = view(run_id)
-        # redraw the curves only when a step was logged (no flicker, less work while polling)
+        state, cancel_u, resume_u = status(run_id)
+        # build and redraw the curves only when a step was logged (no flicker, no work while idle)
         key = None if run_id is None else (int(run_id), lab.store.change_marker("train_logs", int(run_id)))
-        return gr.update(choices=choices), state, chart if key != last_key else gr.skip(), cancel_u, resume_u, key
+        if key == last_key:
+            chart = gr.skip()
+        else:
+            chart = None if run_id is None else curves(run_id)
+        return gr.update(choices=choices), state, chart, cancel_u, resume_u, key
 
     timer.tick(tick, [which, drawn_key], [which, progress, curve, cancel, resume, drawn_key], show_progress="hidden")
     return dict(run=which)

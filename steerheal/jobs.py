@@ -68,14 +68,14 @@ class ModelCache:
     """The worker keeps the last plain (unadapted) model it loaded, so preview jobs do not reload."""
 
     def __init__(self) -> None:
-        self._name: str | None = None
+        self._name: tuple[str, bool] | None = None
         self._lm = None
 
     def get(self, name: str, load_in_4bit: bool = False):
         from steerheal.config import ModelSpec
         from steerheal.models import load_model
 
-        key = f"{name}{' (4-bit)' if load_in_4bit else ''}"
+        key = (name, bool(load_in_4bit))
         if self._name != key:
             self._lm, self._name = None, None
             self._lm, self._name = load_model(ModelSpec(name=name, load_in_4bit=bool(load_in_4bit))), key

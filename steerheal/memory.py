@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 
@@ -18,13 +19,22 @@ def resident_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS). find_library runs ldconfig: look it up once."""
+    name = ctypes.util.find_library("c")
+    if not name or "libc.so" not in name:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def release_memory() -> None:
     """Free what the last stage left: Python garbage, and (glibc) freed heap pages the allocator
     would otherwise keep, so that resident memory reflects what is really held."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name and "libc.so" in name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -364,16 +364,11 @@ class Store:
         if not root.exists():
             return []
         recorded = {(self.path.parent / r["path"]).resolve() for r in self.rows("artifacts", run_id)}
-        removed = []
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-")):
-            for entry in folder.iterdir():
-                if entry.resolve() not in recorded:
-                    removed.append(entry)
-                    shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        rounds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-"))
+        removed = [entry for folder in rounds for entry in folder.iterdir() if entry.resolve() not in recorded]
         removed += [p for p in root.iterdir() if p.name.startswith(".")]
         for p in removed:
-            if p.exists():
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         return removed
 
     def artifact(self, run_id: int, round: int, kind: str) -> Path | None:
