@@ -22,12 +22,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from steerheal.attention import folded_gqa
 from steerheal.batching import pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.config import SteerConfig
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import Vignette, VignetteSet, stratified_subset
-from steerheal.models import LoadedModel
+from steerheal.kv_cache import reserved_cache
+from steerheal.models import LoadedModel, final_hidden, project_logits
 from steerheal.steering import steer
 
 ProgressFn = Callable[[int, int], None]
@@ -181,30 +183,63 @@ def _shared_prefix_len(a: list[int], b: list[int]) -> int:
     return k
 
 
-def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence]):
-    """Prefill the batch, computing each vignette's shared prefix once.
+def _common_prefix_len(seqs: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the prefix every sequence shares, at most `limit`."""
+    first = seqs[0]
+    k = 0
+    while k < limit and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k
 
-    The two frames of a vignette share everything up to the first option line (system,
-    vignette, hint header): that prefix runs once, its KV cache is repeated for both
-    frames, and only the frame-specific rest runs twice. Padding sits at the start of each
-    part; the attention mask and position ids skip it.
+
+def _forward_last(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+                  logits: bool = True) -> torch.Tensor | None:
+    """Run the decoder on top of `cache` (updated in place) and project only the last position.
+
+    Projecting a contiguous [batch, hidden] slice ourselves avoids the slow batched matmul
+    PyTorch picks for a strided [batch, 1, hidden] input (measured: 0.67 s vs 0.04 s per call
+    at batch 64 with a 49k vocabulary).
+    """
+    hidden = final_hidden(lm, ids, mask, positions, past_key_values=cache, use_cache=True)
+    if not logits:
+        return None
+    return project_logits(lm, hidden[:, -1, :].contiguous())
+
+
+def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence], reserve: int):
+    """Prefill the batch, computing shared prefixes once.
+
+    Three levels: the prefix every prompt in the batch shares (template and default system
+    message) runs once at batch size 1; each vignette's frame-shared part (vignette and hint
+    header) runs once per pair; only each frame's own rest (the option lines onwards) runs per
+    frame. Padding sits before each level's part; the attention mask and position ids skip it,
+    so every row sees exactly the positions it would see alone.
     """
     pad = lm.tokenizer.pad_token_id
+    device = lm.device
     pairs = [(batch[k], batch[k + 1]) for k in range(0, len(batch), 2)]
     shared_len = [_shared_prefix_len(a.prompt_ids, b.prompt_ids) for a, b in pairs]
-    shared_ids, mask = pad_rows([a.prompt_ids[:n] for (a, _), n in zip(pairs, shared_len)], pad, lm.device)
-    out = lm.model(input_ids=shared_ids, attention_mask=mask, position_ids=position_ids_for(mask),
-                   use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    # Leave at least one token of each pair's shared part to run after the batch-wide prefix.
+    common = _common_prefix_len([a.prompt_ids for a, _ in pairs], min(shared_len) - 1)
+    base = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+    cache = reserved_cache(base.config, reserve)  # room for the think and the suffix
+    mask = torch.ones((1, common), dtype=torch.long, device=device)
+    if common:
+        ids = torch.tensor([pairs[0][0].prompt_ids[:common]], device=device)
+        _forward_last(lm, ids, mask, position_ids_for(mask), cache, logits=False)
+        cache.batch_repeat_interleave(len(pairs))
+    mask = mask.expand(len(pairs), -1)
+    part_ids, part_mask = pad_rows([a.prompt_ids[common:n] for (a, _), n in zip(pairs, shared_len)], pad, device)
+    mask = torch.cat([mask, part_mask], dim=1)
+    positions = position_ids_for(mask)[:, -part_ids.shape[1]:]
+    _forward_last(lm, part_ids, mask, positions, cache, logits=False)
     cache.batch_repeat_interleave(2)
     mask = mask.repeat_interleave(2, dim=0)
-    rest_ids, rest_mask = pad_rows([s.prompt_ids[n:] for pair, n in zip(pairs, shared_len) for s in pair], pad,
-                                    lm.device)
+    rest_ids, rest_mask = pad_rows([s.prompt_ids[n:] for pair, n in zip(pairs, shared_len) for s in pair], pad, device)
     mask = torch.cat([mask, rest_mask], dim=1)
     positions = position_ids_for(mask)[:, -rest_ids.shape[1]:]
-    out = lm.model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1)
-    return out, mask, positions
+    logits = _forward_last(lm, rest_ids, mask, positions, cache)
+    return logits, cache, mask, positions
 
 
 @torch.inference_mode()
@@ -214,11 +249,9 @@ def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int
     cache. Returns each row's think ids and the full log-softmax at the last suffix position."""
     device = lm.device
     eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
-    out, mask, positions = _prefill_frame_pairs(lm, batch)
-    cache = out.past_key_values
+    logits, cache, mask, positions = _prefill_frame_pairs(lm, batch, reserve=think_tokens + len(suffix_ids))
     next_pos = positions[:, -1:] + 1
     think = []
-    logits = out.logits[:, -1, :]
     for step in range(think_tokens):
         logits = logits.float()
         if len(eos):
@@ -228,17 +261,15 @@ def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int
         if step == think_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        out = lm.model(input_ids=token, attention_mask=mask, position_ids=next_pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
-        cache, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1, :]
+        logits = _forward_last(lm, token, mask, next_pos, cache)
+        next_pos = next_pos + 1
     think_ids = torch.cat(think, dim=1)
     suffix = torch.tensor(suffix_ids, device=device, dtype=torch.long).expand(len(batch), -1)
     tail = torch.cat([think_ids[:, -1:], suffix], dim=1)
     mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
     tail_pos = next_pos + torch.arange(tail.shape[1], device=device)[None, :]
-    out = lm.model(input_ids=tail, attention_mask=mask, position_ids=tail_pos, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1)
-    logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    logits = _forward_last(lm, tail, mask, tail_pos, cache)
+    logp = torch.log_softmax(logits.float(), dim=-1)
     return think_ids.tolist(), logp
 
 
@@ -272,7 +303,8 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
     pairs_per_batch = max(1, batch_size // 2)
     for start in range(0, len(order), pairs_per_batch):
         batch = [seqs[2 * i + f] for i in order[start : start + pairs_per_batch] for f in (0, 1)]
-        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids)
+        with folded_gqa(lm.model):
+            think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids)
         for r, s in enumerate(batch):
             ids = think_ids[r]
             text = tok.decode(ids, skip_special_tokens=False)

@@ -58,25 +58,31 @@ def test_low_coherence_is_flagged_not_hidden(full_run):
     assert full_run.meta["comparable"] and "tinymfv files" in full_run.meta["data_source"]
 
 
-def test_cached_suffix_matches_a_flat_forward(lm):
-    """The think and suffix reuse the KV cache; the result must equal one plain forward."""
-    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else None
+def test_batched_cached_frames_match_flat_forwards(lm):
+    """Three vignettes of different lengths in one batch: the batch-wide prefix, the
+    frame-shared parts and the frames' rests run separately (padding between them), the think
+    and suffix reuse the KV cache. Every frame must equal one plain unpadded forward."""
     from steerheal.evals.tinymfv_data import demo_set
 
-    rows = (data or demo_set()).rows[:1]
+    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else demo_set()
+    by_length = sorted(data.rows, key=lambda r: len(r.text))
+    rows = [by_length[0], by_length[len(by_length) // 2], by_length[-1]]
     res = evaluate(lm, type("D", (), {"rows": rows, "source": "t", "comparable": True, "config": "classic",
-                                      "condition": "other_violate"})(), EvalConfig(think_tokens=6))
-    frame = res.rows[0].frames["fwd"]
+                                      "condition": "other_violate"})(), EvalConfig(think_tokens=6, batch_size=6))
     tok = lm.tokenizer
     end_of_turn, opened = turn_markers(tok)
-    prompt = chat_prompt(tok, user_message(rows[0].text, False), None) + THINK_OPEN
-    think_ids = tok(frame["think"], add_special_tokens=False).input_ids
-    ids = tok(prompt, add_special_tokens=False).input_ids + think_ids + \
-        tok(THINK_CLOSE + end_of_turn + opened + PREFILL, add_special_tokens=False).input_ids
-    with torch.inference_mode():
-        logits = lm.model(torch.tensor([ids])).logits[0, -1].float()
-    flat = torch.log_softmax(logits, -1)[torch.tensor(option_token_ids(tok))]
-    assert torch.allclose(flat, torch.tensor(frame["logprobs"]), atol=1e-3)
+    suffix = tok(THINK_CLOSE + end_of_turn + opened + PREFILL, add_special_tokens=False).input_ids
+    options = torch.tensor(option_token_ids(tok))
+    for row, result in zip(rows, res.rows):
+        for frame, reverse in (("fwd", False), ("rev", True)):
+            got = result.frames[frame]
+            prompt = tok(chat_prompt(tok, user_message(row.text, reverse), None) + THINK_OPEN,
+                         add_special_tokens=False).input_ids
+            think = tok(got["think"], add_special_tokens=False).input_ids
+            with torch.inference_mode():
+                logits = lm.model(torch.tensor([prompt + think + suffix])).logits[0, -1].float()
+            flat = torch.log_softmax(logits, -1)[options]
+            assert torch.allclose(flat, torch.tensor(got["logprobs"]), atol=1e-3), (row.id, frame)
 
 
 def test_three_stages_on_a_stratified_subset(lm, care_vector):
