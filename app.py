@@ -98,10 +98,13 @@ def main() -> None:
     if args.workers < 0:
         raise SystemExit("steerheal: error: --workers must be 0 or more.")
     if args.load_in_4bit:
-        import torch
+        from steerheal.errors import SteerhealError
+        from steerheal.models import check_4bit_possible
 
-        if not torch.cuda.is_available():
-            raise SystemExit("steerheal: error: --4bit needs a CUDA GPU (bitsandbytes); drop --4bit on this machine.")
+        try:
+            check_4bit_possible()
+        except SteerhealError as err:
+            raise SystemExit(f"steerheal: error: {err}") from None
     from pages.common import CSS
 
     demo = build_app(args.db, args.model, args.load_in_4bit)

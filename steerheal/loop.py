@@ -27,7 +27,7 @@ from steerheal.filters import FilterConfig, evaluate_completions
 from steerheal.generate import generate
 from steerheal.heal import MIN_EXAMPLES, HealConfig, TrainExample, heal
 from steerheal.memory import release_memory, resident_mb
-from steerheal.models import load_model
+from steerheal.models import check_4bit_possible, load_model
 from steerheal.presets import axis_prompts, default_contexts, persona_pair
 from steerheal.store import Store
 from steerheal.vectors import SteeringVector, extract_vector
@@ -77,9 +77,8 @@ class RunConfig:
         for name in ("random_control", "load_in_4bit"):
             if not isinstance(getattr(self, name), bool):
                 raise SteerhealError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if self.load_in_4bit and not torch.cuda.is_available():
-            raise SteerhealError("4-bit loading needs a CUDA GPU (bitsandbytes): drop --4bit / load_in_4bit on "
-                                 "this machine.")
+        if self.load_in_4bit:
+            check_4bit_possible()
         if self.data_dir is not None and "\x00" in self.data_dir:
             raise SteerhealError("data_dir is not a valid path.")
         try:

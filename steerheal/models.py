@@ -119,6 +119,15 @@ def bundled_model_dir() -> Path:
     return target
 
 
+def check_4bit_possible(device: torch.device | None = None) -> None:
+    """4-bit weights (bitsandbytes NF4) run only on a CUDA GPU: refuse them anywhere else,
+    before anything is loaded or written."""
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda:
+        raise SteerhealError("4-bit loading needs a CUDA GPU (bitsandbytes): drop --4bit (load_in_4bit in a run "
+                             "config) on this machine.")
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,8 +168,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, device: torch.device, spec
 
     kwargs: dict = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code, "use_safetensors": True}
     if spec.load_in_4bit:
-        if device.type != "cuda":
-            raise SteerhealError("4-bit loading needs a CUDA GPU (bitsandbytes): drop --4bit on this machine.")
+        check_4bit_possible(device)
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -40,7 +40,7 @@ def test_4bit_without_a_gpu_is_refused_before_anything_is_created(tmp_path):
         pytest.skip("on a GPU machine 4-bit is allowed")
     res = subprocess.run([sys.executable, str(ROOT / "app.py"), "--4bit", "--db", str(tmp_path / "r.db"),
                           "--workers", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert res.returncode != 0 and "--4bit needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode != 0 and "4-bit loading needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r.db").exists()
 
 
