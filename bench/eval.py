@@ -1,9 +1,9 @@
 """tinymfv forced-choice eval speed, side by side in one run (issue 3).
 
-  A  reference-style: the protocol as a plain transformers script runs it - HF `generate`
-     for the think at batch 8 in file order (each frame its own batch), keeping every
-     step's full-vocabulary scores, then the suffix as one forward on the cache `generate`
-     returns, with logits at every suffix position;
+  A  reference-style: the protocol as the reference code runs it - HF `generate` for the
+     think at batch 8 in file order (each frame its own batch), keeping every step's
+     full-vocabulary scores, then the suffix as one forward on the cache `generate` returns
+     (no position ids, mask "token != pad"), with logits at every suffix position;
   B  steerheal's: pairs of frames sorted by length in batches of 64; the prefix every prompt
      shares runs once per batch and each vignette's frame-shared part once per pair; one
      reserved KV cache for prompt, think and suffix; logits only at the positions read;
@@ -30,6 +30,8 @@ from steerheal.models import load_model
 
 @torch.inference_mode()
 def reference_style(lm, rows, think_tokens: int, batch_size: int = 8) -> dict:
+    """As the reference code reads it: the suffix on `generate`'s cache with no position ids and
+    the mask "token != pad" (what steerheal's default protocol reproduces)."""
     tok = lm.tokenizer
     opt = torch.tensor(option_token_ids(tok))
     end_of_turn, opened = turn_markers(tok)
@@ -42,11 +44,9 @@ def reference_style(lm, rows, think_tokens: int, batch_size: int = 8) -> dict:
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             out = lm.model.generate(**enc, max_new_tokens=think_tokens, min_new_tokens=think_tokens, do_sample=False,
                                     pad_token_id=tok.pad_token_id, output_scores=True, return_dict_in_generate=True)
-            tail = torch.cat([out.sequences[:, -1:], torch.tensor(suffix).expand(len(chunk), -1)], dim=1)
-            mask = torch.cat([enc.attention_mask, torch.ones(len(chunk), think_tokens - 1 + tail.shape[1],
-                                                             dtype=torch.long)], dim=1)
-            positions = (mask.cumsum(-1) - 1)[:, -tail.shape[1]:]
-            logits = lm.model(input_ids=tail, attention_mask=mask, position_ids=positions,
+            tail = torch.tensor(suffix).expand(len(chunk), -1)
+            mask = torch.cat([(out.sequences != tok.pad_token_id).long(), torch.ones_like(tail)], dim=1)
+            logits = lm.model(input_ids=tail, attention_mask=mask,
                               past_key_values=out.past_key_values).logits  # every suffix position
             for k, lp in enumerate(torch.log_softmax(logits[:, -1].float(), -1)[:, opt]):
                 logps[(s + k, reverse)] = lp

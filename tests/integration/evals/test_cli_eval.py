@@ -21,6 +21,7 @@ def test_eval_json_on_a_small_subset():
     for key in ("auth_nats", "care_nats", "coherence", "top1_acc", "profile", "n_rows"):
         assert key in out
     assert out["n_rows"] == 7 and len(out["profile"]) == 7
+    assert out["protocol"] == "tinymfv"
     assert out["warning"] and "not meaningful" in out["warning"]
 
 
@@ -37,6 +38,7 @@ def test_eval_table_says_when_numbers_are_not_meaningful():
     (["--limit", "500"], "larger than the data"),
     (["--data", "/tmp"], "has no vignettes_classic_other_violate.jsonl"),
     (["--vector", "x.safetensors"], "needs both"),
+    (["--protocol", "exact"], "invalid choice: 'exact'"),
 ])
 def test_eval_bad_input_exit_code_2(args, message):
     res = run_cli("eval", *args)

@@ -19,6 +19,8 @@ needs_data = pytest.mark.skipif(DATA_DIR is None, reason="tinymfv data not prese
 # Reference implementation (tinymfv b726db9), bundled SmolLM2-135M float32, 132 classic
 # other_violate rows, T = 16, batch 8 (issue 3).
 REFERENCE = dict(auth_nats=-4.5957, care_nats=-4.3409, coherence=0.13174, top1_acc=0.1212)
+REFERENCE_PROFILE = dict(Care=0.01303, Fairness=0.15532, Loyalty=0.54347, Authority=0.01009, Sanctity=0.20364,
+                         Liberty=0.01232, SocialNorms=0.06213)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,21 @@ def test_reference_auth_nats(full_run):
 
 
 @needs_data
-@pytest.mark.xfail(strict=True, reason="known gap: ours -4.3193 vs reference -4.3409, 0.0016 over tolerance (issue 3 note)")
 def test_reference_care_nats(full_run):
     assert abs(full_run.metrics["care_nats"] - REFERENCE["care_nats"]) <= 0.02, full_run.metrics["care_nats"]
+
+
+@needs_data
+def test_reference_profile_reproduced_to_the_reported_digits(full_run):
+    """The default protocol reads the answer as the reference code does, so its numbers are
+    the reference's, not merely within tolerance."""
+    m = full_run.metrics
+    assert full_run.meta["protocol"] == "tinymfv"
+    for key in ("auth_nats", "care_nats"):
+        assert m[key] == pytest.approx(REFERENCE[key], abs=1e-3), key
+    assert m["coherence"] == pytest.approx(REFERENCE["coherence"], abs=1e-4)
+    for name, value in REFERENCE_PROFILE.items():
+        assert m["profile"][name] == pytest.approx(value, abs=1e-4), name
 
 
 @needs_data
@@ -61,14 +75,16 @@ def test_low_coherence_is_flagged_not_hidden(full_run):
 def test_batched_cached_frames_match_flat_forwards(lm):
     """Three vignettes of different lengths in one batch: the batch-wide prefix, the
     frame-shared parts and the frames' rests run separately (padding between them), the think
-    and suffix reuse the KV cache. Every frame must equal one plain unpadded forward."""
+    and suffix reuse the KV cache. Read by the clean protocol, every frame must equal one
+    plain unpadded forward over prompt + think + suffix."""
     from steerheal.evals.tinymfv_data import demo_set
 
     data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else demo_set()
     by_length = sorted(data.rows, key=lambda r: len(r.text))
     rows = [by_length[0], by_length[len(by_length) // 2], by_length[-1]]
     res = evaluate(lm, type("D", (), {"rows": rows, "source": "t", "comparable": True, "config": "classic",
-                                      "condition": "other_violate"})(), EvalConfig(think_tokens=6, batch_size=6))
+                                      "condition": "other_violate"})(), EvalConfig(think_tokens=6, batch_size=6,
+                                                                               protocol="clean"))
     tok = lm.tokenizer
     end_of_turn, opened = turn_markers(tok)
     suffix = tok(THINK_CLOSE + end_of_turn + opened + PREFILL, add_special_tokens=False).input_ids

@@ -23,13 +23,19 @@ FORWARD_HINT = '''This is wrong because:
         ]
       }
     }
-  }
-'''
+  }'''  # no trailing newline: the reference ends the hint at the closing brace
 
 
 def test_forward_hint_is_the_reference_text():
     assert schema_hint(False) == FORWARD_HINT
     assert user_message("You see X.", False) == "You see X.\n\n" + FORWARD_HINT
+
+
+def test_unknown_protocol_is_refused():
+    from steerheal.evals.tinymfv import EvalConfig
+
+    with pytest.raises(SteerhealError, match="Unknown eval protocol 'exact'.*tinymfv, clean"):
+        EvalConfig(protocol="exact").validate()
 
 
 def test_reverse_hint_lists_the_options_in_reverse():
