@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 from torch import nn
 
 from steerheal.errors import SteerhealError
-from steerheal.models import LoadedModel
+from steerheal.models import LoadedModel, unwrapped_model
 
 
 def adapter_name(round_: int) -> str:
@@ -33,7 +33,7 @@ def lora_targets(lm: LoadedModel, depth: tuple[float, float]) -> list[str]:
     lo, hi = depth
     n = lm.n_layers
     blocks = {id(lm.layers[i]) for i in range(int(lo * n), max(int(hi * n), int(lo * n) + 1))}
-    model = _base(lm)
+    model = unwrapped_model(lm)
     prefixes = [name + "." for name, mod in model.named_modules() if id(mod) in blocks]
     from peft.tuners.lora import LoraLayer
 
@@ -46,10 +46,6 @@ def lora_targets(lm: LoadedModel, depth: tuple[float, float]) -> list[str]:
     if not targets:
         raise SteerhealError(f"No linear layers found in blocks {lo:.2f}-{hi:.2f} of depth: widen the LoRA depth band.")
     return targets
-
-
-def _base(lm: LoadedModel) -> nn.Module:
-    return lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
 
 
 def is_peft(lm: LoadedModel) -> bool:

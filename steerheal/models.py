@@ -232,17 +232,22 @@ def load_model(spec: ModelSpec | str = BUNDLED_MODEL) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, model_id=model_id, layers=find_layers(model))
 
 
+def unwrapped_model(lm: LoadedModel) -> nn.Module:
+    """The transformers model under a PEFT wrapper (or the model itself when there is none)."""
+    return lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+
+
 def final_hidden(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """The decoder's final (normed) hidden states, without projecting every position to
     the vocabulary: callers project only the positions they need with project_logits."""
-    model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
-    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+    decoder = unwrapped_model(lm).get_decoder()
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
     return out.last_hidden_state
 
 
 def project_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+    model = unwrapped_model(lm)
     logits = model.get_output_embeddings()(hidden)
     cfg = getattr(model.config, "text_config", None) or model.config
     cap = getattr(cfg, "final_logit_softcapping", None)

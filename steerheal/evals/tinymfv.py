@@ -39,7 +39,7 @@ from steerheal.config import SteerConfig
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import Vignette, VignetteSet, stratified_subset
 from steerheal.kv_cache import reserved_cache
-from steerheal.models import LoadedModel, final_hidden, project_logits
+from steerheal.models import LoadedModel, final_hidden, project_logits, unwrapped_model
 from steerheal.steering import steer
 
 ProgressFn = Callable[[int, int], None]
@@ -235,8 +235,7 @@ def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence], reserve: int):
     shared_len = [_shared_prefix_len(a.prompt_ids, b.prompt_ids) for a, b in pairs]
     # Leave at least one token of each pair's shared part to run after the batch-wide prefix.
     common = _common_prefix_len([a.prompt_ids for a, _ in pairs], min(shared_len) - 1)
-    base = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
-    cache = reserved_cache(base.config, reserve)  # room for the think and the suffix
+    cache = reserved_cache(unwrapped_model(lm).config, reserve)  # room for the think and the suffix
     mask = torch.ones((1, common), dtype=torch.long, device=device)
     ids = torch.tensor([pairs[0][0].prompt_ids[:common]], dtype=torch.long, device=device)
     if common:
