@@ -40,6 +40,7 @@ from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import Vignette, VignetteSet, stratified_subset
 from steerheal.kv_cache import reserved_cache
 from steerheal.models import LoadedModel, final_hidden, project_logits, unwrapped_model
+from steerheal.parallel import auto_workers, map_batches
 from steerheal.steering import steer
 
 ProgressFn = Callable[[int, int], None]
@@ -61,6 +62,7 @@ THINK_CLOSE = "</think>"
 NUDGE = "Just answer"
 PREFILL = 'This is wrong because {"violation": "'
 PROTOCOLS = ("tinymfv", "clean")
+PREFILL_ROWS = 1024  # tokens per prefill chunk (batch x length), see _forward_last
 REFERENCE_BATCH = 8  # the reference's batch of prompts (one frame, file order): sets its padding
 COHERENT, DEGRADED = 0.95, 0.85
 _SENTINEL = "\u2063STEERHEAL-ASSISTANT\u2063"
@@ -71,11 +73,12 @@ class EvalConfig:
     config: str = "classic"
     condition: str = "other_violate"
     think_tokens: int = 128
-    batch_size: int = 64  # frames per batch; measured on 2 cores: 64 is 8% faster than 16 or 32
+    batch_size: int = 32  # at most this many frames per batch; two in flight on 2 cores (see parallel.py)
     limit: int | None = None  # a stratified subset of this many rows; None = all
     subset_seed: int = 0
     data_dir: str | None = None
     protocol: str = "tinymfv"  # how the answer is read: see the module docstring
+    workers: int = 0  # batches in flight at once; 0 = auto (2 on a CPU with >= 2 threads, else 1)
 
     def validate(self) -> "EvalConfig":
         if self.protocol not in PROTOCOLS:
@@ -86,6 +89,8 @@ class EvalConfig:
             raise SteerhealError(f"The think budget T = {self.think_tokens} is too large: use at most 4096.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise SteerhealError("The eval batch size must be a positive integer.")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
+            raise SteerhealError(f"The eval workers must be an integer from 0 (auto) to 64, got {self.workers!r}.")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise SteerhealError(f"--limit must be a positive integer, got {self.limit!r}.")
         return self
@@ -207,17 +212,35 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]], limit: int) -> int:
 
 
 def _forward_last(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
-                  logits: bool = True) -> torch.Tensor | None:
+                  logits: bool = True, chunked: bool = True) -> torch.Tensor | None:
     """Run the decoder on top of `cache` (updated in place) and project only the last position.
 
-    Projecting a contiguous [batch, hidden] slice ourselves avoids the slow batched matmul
-    PyTorch picks for a strided [batch, 1, hidden] input (measured: 0.67 s vs 0.04 s per call
-    at batch 64 with a 49k vocabulary).
+    Long inputs run in chunks of about PREFILL_ROWS tokens along the sequence (each chunk on top
+    of the cache the previous one filled): the MLP's [tokens, intermediate] activations then stay
+    in the CPU cache (measured on 2 cores: 30% faster MLP for 6592 tokens split in four, ~8% on
+    a whole eval). Projecting a contiguous [batch, hidden] slice ourselves avoids the slow
+    batched matmul PyTorch picks for a strided [batch, 1, hidden] input (measured: 0.67 s vs
+    0.04 s per call at batch 64 with a 49k vocabulary).
     """
-    hidden = final_hidden(lm, ids, mask, positions, past_key_values=cache, use_cache=True)
+    past = mask.shape[1] - ids.shape[1]
+    step = max(1, PREFILL_ROWS // ids.shape[0]) if chunked else ids.shape[1]
+    for start in range(0, ids.shape[1], step):
+        end = min(start + step, ids.shape[1])
+        hidden = final_hidden(lm, ids[:, start:end], mask[:, :past + end], positions[:, start:end],
+                              past_key_values=cache, use_cache=True)
     if not logits:
         return None
     return project_logits(lm, hidden[:, -1, :].contiguous())
+
+
+def _prefill_whole(lm: LoadedModel, batch: list[_Sequence], reserve: int):
+    """Prefill every prompt in one forward pass, nothing shared or chunked: what steering that
+    depends on the pass (positions = 'generated', decay < 1) needs to see one prompt pass."""
+    ids, mask = pad_rows([s.prompt_ids for s in batch], lm.tokenizer.pad_token_id, lm.device)
+    cache = reserved_cache(unwrapped_model(lm).config, reserve)
+    positions = position_ids_for(mask)
+    logits = _forward_last(lm, ids, mask, positions, cache, chunked=False)
+    return logits, cache, mask, positions, ids
 
 
 def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence], reserve: int):
@@ -235,7 +258,10 @@ def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence], reserve: int):
     shared_len = [_shared_prefix_len(a.prompt_ids, b.prompt_ids) for a, b in pairs]
     # Leave at least one token of each pair's shared part to run after the batch-wide prefix.
     common = _common_prefix_len([a.prompt_ids for a, _ in pairs], min(shared_len) - 1)
-    cache = reserved_cache(unwrapped_model(lm).config, reserve)  # room for the think and the suffix
+    part_width = max(shared_len) - common
+    rest_width = max(len(s.prompt_ids) - n for pair, n in zip(pairs, shared_len) for s in pair)
+    # Room for everything still to come, so the chunked prefill and the think never re-allocate.
+    cache = reserved_cache(unwrapped_model(lm).config, part_width + rest_width + reserve)
     mask = torch.ones((1, common), dtype=torch.long, device=device)
     ids = torch.tensor([pairs[0][0].prompt_ids[:common]], dtype=torch.long, device=device)
     if common:
@@ -257,13 +283,15 @@ def _prefill_frame_pairs(lm: LoadedModel, batch: list[_Sequence], reserve: int):
 
 @torch.inference_mode()
 def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int, suffix_ids: list[int],
-                      eos_ids: list[int], protocol: str = "tinymfv") -> tuple[list[list[int]], torch.Tensor]:
+                      eos_ids: list[int], protocol: str = "tinymfv", share_prefixes: bool = True
+                      ) -> tuple[list[list[int]], torch.Tensor]:
     """Greedy think of exactly T tokens with a KV cache, then the suffix on top of the same
     cache, read as `protocol` says. Returns each row's think ids and the full log-softmax at
     the last suffix position."""
     device = lm.device
     eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
-    logits, cache, mask, positions, prompt_ids = _prefill_frame_pairs(lm, batch, reserve=think_tokens + len(suffix_ids))
+    prefill = _prefill_frame_pairs if share_prefixes else _prefill_whole
+    logits, cache, mask, positions, prompt_ids = prefill(lm, batch, reserve=think_tokens + len(suffix_ids))
     next_pos = positions[:, -1:] + 1
     think = []
     for step in range(think_tokens):
@@ -289,7 +317,7 @@ def _think_and_answer(lm: LoadedModel, batch: list[_Sequence], think_tokens: int
         mask[:, :prompt_ids.shape[1]] *= (prompt_ids != lm.tokenizer.pad_token_id).long()
     mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
     tail_pos = next_pos + offset + torch.arange(tail.shape[1], device=device)[None, :]
-    logits = _forward_last(lm, tail, mask, tail_pos, cache)
+    logits = _forward_last(lm, tail, mask, tail_pos, cache, chunked=share_prefixes)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return think_ids.tolist(), logp
 
@@ -302,10 +330,28 @@ def _logp_after(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(out.logits[0, -1, :].float(), dim=-1)
 
 
+def _even_batches(order: list[int], pairs_per_batch: int, workers: int) -> list[list[int]]:
+    """Split `order` into batches of at most `pairs_per_batch` pairs, as evenly as possible and,
+    with several workers, in a multiple of their number, so no worker ends alone on a large
+    last batch while the others wait."""
+    n = math.ceil(len(order) / pairs_per_batch)
+    if workers > 1:
+        n = min(len(order), math.ceil(n / workers) * workers)
+    size, extra = divmod(len(order), n)
+    bounds = [0]
+    for k in range(n):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, batch_size: int = 16,
                   system: str | None = None, progress: ProgressFn | None = None,
-                  protocol: str = "tinymfv") -> list[RowResult]:
-    """Run the protocol on rows (both frames each) and return per-row results."""
+                  protocol: str = "tinymfv", workers: int = 1, share_prefixes: bool = True) -> list[RowResult]:
+    """Run the protocol on rows (both frames each) and return per-row results.
+
+    `workers` > 1 runs that many batches at once on threads (steerheal.parallel); progress is
+    reported from the calling thread. `share_prefixes=False` prefills each prompt in one pass
+    (for steering that treats the prompt pass specially)."""
     tok = lm.tokenizer
     option_ids = option_token_ids(tok)
     option_t = torch.tensor(option_ids, device=lm.device)
@@ -326,13 +372,12 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
                 s.reference_pad = width - len(s.prompt_ids)
     # Seqs come in (fwd, rev) pairs per vignette; batches keep pairs together, sorted by length.
     order = sorted(range(len(rows)), key=lambda i: len(seqs[2 * i].prompt_ids) + len(seqs[2 * i + 1].prompt_ids))
-    per_frame: dict[tuple[int, str], dict] = {}
-    done = 0
-    pairs_per_batch = max(1, batch_size // 2)
-    for start in range(0, len(order), pairs_per_batch):
-        batch = [seqs[2 * i + f] for i in order[start : start + pairs_per_batch] for f in (0, 1)]
-        with folded_gqa(lm.model):
-            think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids, protocol)
+    batches = [[seqs[2 * i + f] for i in group for f in (0, 1)]
+               for group in _even_batches(order, max(1, batch_size // 2), workers)]
+
+    def read_batch(batch: list[_Sequence]) -> list[dict]:
+        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids, protocol, share_prefixes)
+        frames = []
         for r, s in enumerate(batch):
             ids = think_ids[r]
             text = tok.decode(ids, skip_special_tokens=False)
@@ -343,14 +388,21 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
                 cut = next(k for k in range(1, len(ids) + 1) if PREFILL in tok.decode(ids[:k], skip_special_tokens=False))
                 row_logp, how = _logp_after(lm, s.prompt_ids + ids[:cut]), "natural"
             elif closed_marker and closed_marker in text:
-                per_frame[(s.row, s.frame)] = {"logprobs": None, "pmass": 0.0, "read": "closed", "think": text}
+                frames.append({"logprobs": None, "pmass": 0.0, "read": "closed", "think": text})
                 continue
             lp = row_logp[option_t]
-            per_frame[(s.row, s.frame)] = {"logprobs": lp.cpu().tolist(), "pmass": float(lp.exp().sum()),
-                                           "read": how, "think": text}
-        done += len(batch)
-        if progress:
-            progress(min(done // 2, len(rows)), len(rows))
+            frames.append({"logprobs": lp.cpu().tolist(), "pmass": float(lp.exp().sum()), "read": how, "think": text})
+        return frames
+
+    per_frame: dict[tuple[int, str], dict] = {}
+    done = 0
+    with folded_gqa(lm.model):
+        for index, frames in map_batches(read_batch, batches, workers):
+            for s, frame in zip(batches[index], frames):
+                per_frame[(s.row, s.frame)] = frame
+            done += len(batches[index]) // 2
+            if progress:
+                progress(min(done, len(rows)), len(rows))
     results = []
     for i, row in enumerate(rows):
         frames = {f: per_frame[(i, f)] for f in ("fwd", "rev")}
@@ -403,15 +455,19 @@ def evaluate(lm: LoadedModel, data: VignetteSet, cfg: EvalConfig | None = None, 
     rows = stratified_subset(data.rows, cfg.limit, cfg.subset_seed) if cfg.limit else list(data.rows)
     t0 = time.time()
     context = steer(lm, vector, steer_cfg) if vector is not None else nullcontext()
+    # Steering that counts decoding steps (decay) or treats the prompt pass specially
+    # ('generated' positions) must see one prompt pass per batch and one batch at a time.
+    stateful = steer_cfg is not None and (steer_cfg.positions != "all" or steer_cfg.decay != 1.0)
+    workers = 1 if stateful else auto_workers(lm.device, cfg.workers)
     with context:
         results = forced_choice(lm, rows, cfg.think_tokens, cfg.batch_size, system=persona_prompt, progress=progress,
-                                protocol=cfg.protocol)
+                                protocol=cfg.protocol, workers=workers, share_prefixes=not stateful)
     metrics = summarise(results, rows)
     band = coherence_band(metrics["coherence"])
     meta = {
         "stage": stage, "model_id": lm.model_id, "data_source": data.source, "comparable": data.comparable,
         "config": data.config, "condition": data.condition, "think_tokens": cfg.think_tokens,
-        "limit": cfg.limit, "subset_seed": cfg.subset_seed, "batch_size": cfg.batch_size, "protocol": cfg.protocol,
+        "limit": cfg.limit, "subset_seed": cfg.subset_seed, "batch_size": cfg.batch_size, "workers": workers, "protocol": cfg.protocol,
         "dtype": str(lm.dtype).replace("torch.", ""), "seconds": round(time.time() - t0, 2),
         "coherence_band": band, "persona_prompt": persona_prompt,
         "steer": None if steer_cfg is None else asdict(steer_cfg),

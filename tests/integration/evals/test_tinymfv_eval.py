@@ -117,3 +117,35 @@ def test_three_stages_on_a_stratified_subset(lm, care_vector):
     assert steered.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
     assert prompted.metrics["auth_nats"] != pytest.approx(base.metrics["auth_nats"], abs=1e-3)
     assert steered.meta["steer"]["alpha"] == 4.0 and prompted.meta["persona_prompt"].startswith("You are someone")
+
+
+def test_threaded_chunked_eval_equals_one_pass_per_batch(lm, monkeypatch):
+    """Two batches in flight on threads, prefixes shared and the prefill cut into short chunks
+    give the same think and the same answer log-probs as one plain prompt pass per batch, one
+    batch at a time."""
+    import steerheal.evals.tinymfv as tinymfv
+    from steerheal.evals.tinymfv_data import demo_set
+
+    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else demo_set()
+    rows = data.rows[:6]
+    plain = tinymfv.forced_choice(lm, rows, 4, batch_size=4, workers=1, share_prefixes=False)
+    monkeypatch.setattr(tinymfv, "PREFILL_ROWS", 16)  # chunks of 4 tokens at 4 frames per batch
+    fast = tinymfv.forced_choice(lm, rows, 4, batch_size=4, workers=2)
+    for a, b in zip(plain, fast):
+        for frame in ("fwd", "rev"):
+            assert a.frames[frame]["think"] == b.frames[frame]["think"], (a.id, frame)
+            assert a.frames[frame]["logprobs"] == pytest.approx(b.frames[frame]["logprobs"], abs=1e-4), (a.id, frame)
+
+
+def test_pass_dependent_steering_runs_one_batch_at_a_time(lm, care_vector):
+    from steerheal.evals.tinymfv_data import demo_set
+
+    data = load_vignettes(data_dir=DATA_DIR) if DATA_DIR else demo_set()
+    cfg = EvalConfig(think_tokens=2, limit=7)
+    everywhere = evaluate(lm, data, cfg, stage="steered", vector=care_vector, steer_cfg=SteerConfig(alpha=4.0))
+    generated = evaluate(lm, data, cfg, stage="steered", vector=care_vector,
+                         steer_cfg=SteerConfig(alpha=4.0, positions="generated"))
+    from steerheal.parallel import auto_workers
+
+    assert everywhere.meta["workers"] == auto_workers(lm.device) and generated.meta["workers"] == 1
+    assert generated.metrics["auth_nats"] != pytest.approx(everywhere.metrics["auth_nats"], abs=1e-3)

@@ -98,3 +98,22 @@ def test_coherence_bands():
     assert coherence_band(0.996) == "coherent"
     assert coherence_band(0.9) == "degraded"
     assert coherence_band(0.13) == "broken"
+
+
+def test_batches_are_even_and_a_multiple_of_the_workers():
+    from steerheal.evals.tinymfv import _even_batches
+
+    order = list(range(132))
+    two = _even_batches(order, 16, workers=2)  # 9 batches of 16 would leave one worker alone at the end
+    assert len(two) == 10 and sorted(len(b) for b in two) == [13, 13, 13, 13, 13, 13, 13, 13, 14, 14]
+    assert [i for b in two for i in b] == order
+    one = _even_batches(order, 16, workers=1)
+    assert len(one) == 9 and max(len(b) for b in one) <= 16
+    assert _even_batches([0, 1, 2], 16, workers=4) == [[0], [1], [2]]
+
+
+def test_workers_out_of_range_refused():
+    from steerheal.evals.tinymfv import EvalConfig
+
+    with pytest.raises(SteerhealError, match="workers"):
+        EvalConfig(workers=-1).validate()
