@@ -142,4 +142,3 @@ def test_threaded_chunked_eval_equals_one_pass_per_batch(lm, monkeypatch):
         for frame in ("fwd", "rev"):
             assert a.frames[frame]["think"] == b.frames[frame]["think"], (a.id, frame)
             assert a.frames[frame]["logprobs"] == pytest.approx(b.frames[frame]["logprobs"], abs=1e-4), (a.id, frame)
-
