@@ -142,6 +142,12 @@ class SteerConfig:
     decay: float = 1.0
     cos_gate: float | None = None
 
+    @property
+    def depends_on_pass(self) -> bool:
+        """Whether a hook's effect depends on which forward pass it sees (the prompt pass or
+        the n-th decoding step), so callers must not split or interleave passes."""
+        return self.positions != "all" or self.decay != 1.0
+
     def validate(self) -> "SteerConfig":
         _finite("alpha", self.alpha)
         if self.positions not in ("all", "generated"):

@@ -455,9 +455,8 @@ def evaluate(lm: LoadedModel, data: VignetteSet, cfg: EvalConfig | None = None, 
     rows = stratified_subset(data.rows, cfg.limit, cfg.subset_seed) if cfg.limit else list(data.rows)
     t0 = time.time()
     context = steer(lm, vector, steer_cfg) if vector is not None else nullcontext()
-    # Steering that counts decoding steps (decay) or treats the prompt pass specially
-    # ('generated' positions) must see one prompt pass per batch and one batch at a time.
-    stateful = steer_cfg is not None and (steer_cfg.positions != "all" or steer_cfg.decay != 1.0)
+    # Such steering must see one prompt pass per batch and one batch at a time.
+    stateful = steer_cfg is not None and steer_cfg.depends_on_pass
     workers = 1 if stateful else auto_workers(lm.device, cfg.workers)
     with context:
         results = forced_choice(lm, rows, cfg.think_tokens, cfg.batch_size, system=persona_prompt, progress=progress,
