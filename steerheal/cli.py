@@ -235,7 +235,8 @@ def _run_config(args):
     except TypeError as err:
         raise SteerhealError(f"Bad run setting: {err}.") from None
     top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
-                                         "seed", "model", "n_contexts", "probe_tokens") if getattr(args, k) is not None}
+                                         "seed", "model", "n_contexts", "probe_tokens", "tinymfv")
+           if getattr(args, k) is not None}
     if args.random_control:
         top["random_control"] = True
     if args.load_in_4bit:
@@ -451,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--probe-tokens", int), ("--tau", _finite_float),
                       ("--lam", _finite_float)):
         p.add_argument(flag, type=typ)
+    p.add_argument("--tinymfv", choices=["on", "off"], help="off: skip the tinymfv evals (and the coherence early stop)")
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])
     p.add_argument("--ref", choices=["base", "prev"])
     p.add_argument("--random-control", action="store_true", help="also eval a random vector of the same norms")

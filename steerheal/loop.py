@@ -50,6 +50,7 @@ class RunConfig:
     max_new_tokens: int = 64
     think_tokens: int = 16
     eval_limit: int | None = None
+    tinymfv: str = "on"  # "off" skips the tinymfv evals (and with them the coherence-floor early stop)
     data_dir: str | None = None
     curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
     coherence_floor: float = 0.95
@@ -115,6 +116,8 @@ class RunConfig:
             raise SteerhealError(f"n_contexts must be a positive integer or unset, got {self.n_contexts!r}.")
         if not isinstance(self.probe_tokens, int) or not 1 <= self.probe_tokens <= 4096:
             raise SteerhealError(f"probe_tokens must be an integer in 1..4096, got {self.probe_tokens!r}.")
+        if self.tinymfv not in ("on", "off"):
+            raise SteerhealError(f"Unknown tinymfv setting {self.tinymfv!r}: use on or off.")
         if self.curation not in ("auto", "manual"):
             raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
         self.persona_pair()
@@ -235,7 +238,8 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
     torch.manual_seed(cfg.seed)
     lm = load_model(ModelSpec(name=cfg.model, load_in_4bit=cfg.load_in_4bit))
     LayerBand(cfg.layers).resolve(lm.n_layers)  # a band outside this model fails before any eval
-    data = load_vignettes(data_dir=cfg.data_dir)
+    tinymfv = cfg.tinymfv == "on"
+    data = load_vignettes(data_dir=cfg.data_dir) if tinymfv else None
     ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
     pair = cfg.persona_pair()
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
@@ -246,16 +250,17 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         raise SteerhealError("A completed round's adapter file is missing: the run cannot be rebuilt.")
     bake.load_adapters(lm, adapters)
 
-    if not _has(store, "evals", run_id, -1, stage="base"):
+    if tinymfv and not _has(store, "evals", run_id, -1, stage="base"):
         say("eval base", {"round": -1})
         store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg))])
+    if not _has(store, "probes", run_id, -1):
         store.put("probes", [dict(run_id=run_id, round=-1, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
                              for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
-    if not _has(store, "evals", run_id, -1, stage="prompted"):
+    if tinymfv and not _has(store, "evals", run_id, -1, stage="prompted"):
         say("eval prompted", {"round": -1})
         res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos))
         store.put("evals", [_eval_row(run_id, -1, "prompted", res)])
-    base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"]
+    base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"] if tinymfv else None
     v0 = None
     for round_ in range(len(done_rounds), cfg.rounds):
         earlier = store.rows("rounds", run_id, round_)
@@ -271,7 +276,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
         mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
-        if round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
+        if tinymfv and round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
             say("eval random control", {"round": round_})
             res = evaluate(lm, data, ecfg, stage="random", vector=vector.random_like(cfg.seed),
                            steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
@@ -310,7 +315,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             _heal_round(store, run_id, round_, lm, cfg, say, should_stop)
         else:  # healed before a crash: the saved adapter is this round's result
             bake.load_adapters(lm, [adapter], first_round=round_)
-        for stage in ("steered", "healed"):
+        for stage in ("steered", "healed") if tinymfv else ():
             if _has(store, "evals", run_id, round_, stage=stage):
                 continue
             store.set_run(run_id, stage=f"round {round_}: eval {stage}")
@@ -333,6 +338,8 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         release_memory()
         store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=started,
                                   finished=time.time(), rss_mb=resident_mb(), db_mb=store.size_mb())])
+        if not tinymfv:
+            continue
         coherence = store.rows("evals", run_id, round_, stage="healed")[0]["coherence"]
         floor = cfg.coherence_floor if base_coherence >= cfg.coherence_floor else cfg.coherence_floor * base_coherence
         if coherence < floor:

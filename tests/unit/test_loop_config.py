@@ -1,14 +1,12 @@
 """Run settings that cannot work on this machine are refused before anything is stored."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from steerheal.errors import SteerhealError
 from steerheal.loop import RunConfig
 from steerheal.store import Store
+from tests.conftest import run_cli
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine 4-bit is allowed")
@@ -16,8 +14,7 @@ def test_4bit_on_a_cpu_machine_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(SteerhealError, match="4-bit loading needs a CUDA GPU"):
         RunConfig(load_in_4bit=True).validate()
     db = tmp_path / "runs.db"
-    res = subprocess.run([sys.executable, "-m", "steerheal.cli", "run", "--4bit", "--db", str(db)],
-                         capture_output=True, text=True, timeout=120)
+    res = run_cli("run", "--4bit", "--db", db)
     assert res.returncode == 2 and "drop --4bit" in res.stderr, res.stderr[-1500:]
     assert Store(db).runs() == []
 
@@ -25,3 +22,10 @@ def test_4bit_on_a_cpu_machine_is_a_clear_error_and_writes_nothing(tmp_path):
 def test_4bit_must_be_a_boolean():
     with pytest.raises(SteerhealError, match="load_in_4bit must be true or false"):
         RunConfig.from_dict({"load_in_4bit": "yes"}).validate()
+
+
+def test_tinymfv_can_be_switched_off_but_not_misspelled():
+    assert RunConfig(tinymfv="off").validate().tinymfv == "off"
+    with pytest.raises(SteerhealError, match="use on or off"):
+        RunConfig(tinymfv="of").validate()
+    assert RunConfig.from_dict({"tinymfv": "off"}).tinymfv == "off"
