@@ -1,19 +1,13 @@
-"""The `steerheal steer` and `steerheal vector` commands, run as a user would."""
+"""The `steerheal steer` and `steerheal vector` commands, through the CLI's own `main` (the
+console script's exit codes in a real interpreter are checked in test_cli_smoke.py)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import run_cli
+
 pytestmark = pytest.mark.integration
-
-
-def run_cli(*args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "steerheal.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def test_steer_json_has_base_and_each_alpha_as_given(tmp_path, care_vector):

@@ -1,8 +1,5 @@
 """The control-vector GGUF reads back with the gguf package, layer for layer."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -10,6 +7,7 @@ import torch
 from steerheal.errors import SteerhealError
 from steerheal.gguf_export import write_control_vector
 from steerheal.vectors import SteeringVector
+from tests.conftest import run_cli
 
 
 def _field(reader, name):
@@ -44,9 +42,7 @@ def test_a_vector_without_a_model_type_needs_a_hint(tmp_path):
 
 def test_export_vector_cli(tmp_path):
     path = SteeringVector(torch.randn(3, 8), {"model_id": "x", "model_type": "llama"}).save(tmp_path / "v.safetensors")
-    res = subprocess.run([sys.executable, "-m", "steerheal.cli", "export-vector", str(path), "--gguf",
-                          str(tmp_path / "v.gguf")], capture_output=True, text=True, timeout=120)
+    res = run_cli("export-vector", path, "--gguf", tmp_path / "v.gguf")
     assert res.returncode == 0 and (tmp_path / "v.gguf").exists(), res.stderr
-    missing = subprocess.run([sys.executable, "-m", "steerheal.cli", "export-vector", str(tmp_path / "nope.safetensors"),
-                              "--gguf", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    missing = run_cli("export-vector", tmp_path / "nope.safetensors", "--gguf", tmp_path / "x.gguf")
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -1,17 +1,10 @@
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import run_cli
+
 pytestmark = pytest.mark.integration
-
-
-def run_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "steerheal.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def test_eval_json_on_a_small_subset():
