@@ -68,13 +68,16 @@ def test_heal_learns_the_completions_and_logs_each_step(fresh, examples):
 
 
 def test_tight_barrier_stays_closer_to_base_than_plain_nll(examples):
+    # 8 completions, one epoch (two steps) at a high learning rate: plain NLL moves the model
+    # several times further from base than the barrier lets it (measured 0.19 vs 0.05 nats).
+    few = examples[:8]
     free = load_model("bundled")
-    heal(free, examples, HealConfig(epochs=2, rank=8, lora_alpha=16, lr=2e-3, reg="none"))
+    heal(free, few, HealConfig(epochs=1, rank=8, lora_alpha=16, lr=2e-3, reg="none"))
     tight = load_model("bundled")
-    res = heal(tight, examples, HealConfig(epochs=2, rank=8, lora_alpha=16, lr=2e-3, reg="kl_rev", agg="rmse",
-                                           tau=0.0, lam=20.0))
+    res = heal(tight, few, HealConfig(epochs=1, rank=8, lora_alpha=16, lr=2e-3, reg="kl_rev", agg="rmse",
+                                      tau=0.0, lam=20.0))
     assert any(s["fired"] for s in res.steps)
-    assert mean_kl_to_base(tight, examples) < mean_kl_to_base(free, examples)
+    assert mean_kl_to_base(tight, few) < mean_kl_to_base(free, few)
 
 
 def test_adapters_save_as_peft_and_rebuild_the_round_k_model(fresh, examples, tmp_path):
