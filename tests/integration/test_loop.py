@@ -31,7 +31,7 @@ def test_manual_curation_waits_for_a_person_then_trains_on_their_verdicts(tmp_pa
     from dataclasses import replace
 
     store = Store(tmp_path / "runs.db")
-    run_id = start_run(store, replace(TINY, curation="manual", seed=3))
+    run_id = start_run(store, replace(TINY, curation="manual", seed=3, tinymfv="off"))  # no evals: not checked here
     run = run_loop(store, run_id)
     assert run["status"] == "waiting" and "waiting for curation" in run["stage"]
     assert not store.rows("train_logs", run_id) and len(store.rows("completions", run_id, 0)) == 6

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from steerheal.store import Store
-from tests.conftest import TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-ONE_ROUND = ["--rounds", "1", "--n-completions", "4", "--max-new-tokens", "12", "--epochs", "1", "--eval-limit", "2",
-             "--think-tokens", "1", "--n-contexts", "4", "--probe-tokens", "4"] + (
-    ["--data", TINYMFV_DATA] if TINYMFV_DATA else [])
+# One round that trains and saves a 12 MB adapter; no tinymfv evals (storage is what this tests).
+ONE_ROUND = ["--rounds", "1", "--n-completions", "4", "--max-new-tokens", "12", "--epochs", "1", "--tinymfv", "off",
+             "--n-contexts", "4", "--probe-tokens", "4"]
 CLI = [sys.executable, "-m", "steerheal.cli"]
 
 

@@ -30,7 +30,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def full_run(lm, data):
-    return evaluate(lm, data, EvalConfig(think_tokens=16, batch_size=32))
+    # Two batches in flight on two threads, whatever torch's thread count (one under make test's
+    # two pytest workers): the longest test of the suite then uses what the other worker leaves idle.
+    return evaluate(lm, data, EvalConfig(think_tokens=16, batch_size=32, workers=2))
 
 
 @needs_data
