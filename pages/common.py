@@ -67,8 +67,9 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def job_status_md(job: dict | None, what: str = "job") -> str:
-    """One readable line (with a progress bar) for a background job."""
+def job_status_md(job: dict | None, what: str = "job", busy_bar: bool = False) -> str:
+    """One readable line (with a progress bar) for a background job. busy_bar: a running job
+    whose stage has no count gets a moving bar instead of none."""
     if not job:
         return ""
     prog = job.get("progress") or {}
@@ -79,6 +80,8 @@ def job_status_md(job: dict | None, what: str = "job") -> str:
         frac = min(1.0, done / total)
         bar = (f"<div class='sh-bar'><div style='width:{frac:.0%}'></div></div>"
                f"<span class='sh-muted'>{done}/{total}</span>")
+    elif busy_bar and job["status"] == "running":
+        bar = "<div class='sh-bar sh-busy'><div></div></div>"
     status = job["status"]
     extra = ""
     if status == "failed" and job.get("error"):
@@ -154,6 +157,9 @@ CSS = """
 .sh-bar { display: inline-block; width: 180px; height: 8px; background: #e5e7eb; border-radius: 4px;
           margin: 0 .5rem; vertical-align: middle; }
 .sh-bar > div { height: 8px; background: #2563eb; border-radius: 4px; }
+.sh-bar.sh-busy { overflow: hidden; }
+.sh-bar.sh-busy > div { width: 30%; animation: sh-busy 1.4s ease-in-out infinite alternate; }
+@keyframes sh-busy { from { margin-left: 0; } to { margin-left: 70%; } }
 .sh-muted { color: #6b7280; font-size: .9em; }
 .sh-badge { display: inline-block; padding: 0 .5rem; border-radius: 999px; font-size: .85em; color: white;
             background: #6b7280; }

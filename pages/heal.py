@@ -4,6 +4,8 @@ round, step, loss and barrier curves); cancel and resume."""
 from __future__ import annotations
 
 import html
+import logging
+import re
 from dataclasses import replace
 
 import altair as alt
@@ -13,11 +15,81 @@ import pandas as pd
 from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats, run_choices
 from steerheal import jobs
 from steerheal.errors import SteerhealError
-from steerheal.heal import HealConfig
+from steerheal.heal import MIN_EXAMPLES, HealConfig
 from steerheal.loop import RunConfig, start_run
 from steerheal.presets import default_contexts, persona_presets, read_lines
 
 RESUMABLE = ("interrupted", "failed")
+BUSY = ("queued", "running")
+MIN_ROUNDS = 1
+MIN_COMPLETIONS = MIN_EXAMPLES  # heal trains on the kept completions and refuses fewer than this
+log = logging.getLogger("steerheal.app")
+
+# The loop's stages (run stage "round N: <name>[ k/n]" and job progress "<name>") in words.
+STAGE_WORDS = {
+    "created": "starting",
+    "vector": "extracting the steering vector",
+    "generate": "generating completions",
+    "filter": "scoring and filtering completions",
+    "heal": "training the LoRA",
+    "heal step": "training the LoRA, step",
+    "bake": "saving the adapter",
+    "eval base": "evaluating the base model",
+    "eval prompted": "evaluating the prompted baseline",
+    "eval random control": "evaluating the random-vector control",
+    "eval steered": "evaluating the steered model",
+    "eval healed": "evaluating the healed model",
+    "probes": "answering the probe questions",
+    "waiting": "waiting for curation",
+    "waiting for curation": "waiting for curation",
+    "stopped early": "stopped early (coherence fell below the floor)",
+    "done": "done",
+}
+_STAGE = re.compile(r"^(?P<round>round -?\d+: )?(?P<name>.*?)(?: (?P<done>\d+)/(?P<total>\d+))?$")
+
+
+def stage_parts(stage: str | None) -> tuple[str, int | None, int | None]:
+    """A run or job stage as (words, done, total): "round 0: heal step 3/6" ->
+    ("round 0: training the LoRA, step 3/6", 3, 6); "round 0: vector" -> ("round 0: extracting the
+    steering vector", None, None)."""
+    m = _STAGE.match(str(stage or "").strip())
+    name = m["name"]
+    words = (m["round"] or "") + STAGE_WORDS.get(name, name)
+    if m["done"] is None:
+        return words, None, None
+    return f"{words} {m['done']}/{m['total']}", int(m["done"]), int(m["total"])
+
+
+def completions_problem(n: int) -> str | None:
+    """Why this many completions per round cannot heal (None when it can, at least before filtering)."""
+    if n < MIN_COMPLETIONS:
+        return (f"Completions per round must be at least {MIN_COMPLETIONS}, got {n}: heal trains on the kept "
+                f"completions and needs at least {MIN_COMPLETIONS}. Set it to {MIN_COMPLETIONS} or more (more is "
+                "safer: the filters drop some).")
+    return None
+
+
+def start_error_md(message: str) -> str:
+    """The form's refusal, shown beside Start run until the input changes or the next press."""
+    return f"<div class='sh-error'>Not started: {html.escape(message)}</div>"
+
+
+def start_note_md(run: dict, job: dict | None) -> str:
+    """The line beside Start run for the run it started, following that run: queued, running
+    (with its stage), then how it ended."""
+    rid, what = run["id"], f" (job {job['id']})" if job else ""
+    if job and job["status"] == "queued":
+        return f"Run **{rid}** queued{what}: waiting for a worker."
+    if job and job["status"] == "running":
+        return f"Run **{rid}** is running{what}: {html.escape(stage_parts(run['stage'])[0])}."
+    status = run["status"]
+    if status == "completed":
+        return f"Run **{rid}** completed: its charts are on the Results page."
+    if status == "waiting":
+        return f"Run **{rid}** is waiting for review on the Curate page."
+    if status in RESUMABLE:
+        return f"Run **{rid}** {status}: see Progress below (Resume continues it)."
+    return f"Run **{rid}**: {html.escape(str(status))}."
 
 
 def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
@@ -57,12 +129,17 @@ def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, cur
         raise SteerhealError("The context pool on the Personas page is empty: give one user message per line.")
     preset = next((name for name, p in persona_presets().items() if (p["pos"], p["neg"]) == (pos_v, neg_v)),
                   None)
+    rounds = as_int(rounds_v, "Rounds", MIN_ROUNDS, 1000)
+    n_completions = as_int(n_v, "Completions per round", 1, 100000)
+    problem = completions_problem(n_completions)
+    if problem:
+        raise SteerhealError(problem)
     rank_i = as_int(rank_v, "LoRA rank", 1, 1024)
     heal_cfg = replace(h, agg=agg_v, tau=as_float(tau_v, "τ"), lam=as_float(lam_v, "λ"),
                        lam_power=as_float(power_v, "λ power"), ref=ref_v, rank=rank_i, lora_alpha=2 * rank_i,
                        lr=as_float(lr_v, "Learning rate", 0), epochs=as_int(epochs_v, "Epochs", 1, 1000))
-    return RunConfig(rounds=as_int(rounds_v, "Rounds", 1, 1000), alphas=tuple(parse_floats(alphas_v, "strength")),
-                     n_completions=as_int(n_v, "Completions per round", 1, 100000),
+    return RunConfig(rounds=rounds, alphas=tuple(parse_floats(alphas_v, "strength")),
+                     n_completions=n_completions,
                      max_new_tokens=as_int(tokens_v, "Max tokens", 1, 4096), curation=curation_v,
                      eval_limit=limit or None, think_tokens=as_int(think_v, "Think tokens", 1, 4096),
                      seed=as_int(seed_v, "Seed", 0), random_control=bool(random_v),
@@ -79,9 +156,11 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
                 "background worker; this page follows it. The personas come from the Personas page.")
     with gr.Accordion("Loop settings", open=True):
         with gr.Row():
-            rounds = gr.Number(d.rounds, label="Rounds", precision=0, elem_id="heal-rounds")
+            rounds = gr.Number(d.rounds, label=f"Rounds (min {MIN_ROUNDS})", precision=0, elem_id="heal-rounds")
             alphas = gr.Textbox(", ".join(f"{a:g}" for a in d.alphas), label="Strengths α", elem_id="heal-alphas")
-            n_comp = gr.Number(d.n_completions, label="Completions per round", precision=0, elem_id="heal-n")
+            n_comp = gr.Number(d.n_completions, label=f"Completions per round (min {MIN_COMPLETIONS})", precision=0,
+                               elem_id="heal-n", info=f"heal needs {MIN_COMPLETIONS} kept; the filters drop some, "
+                                                      "so more is safer")
             max_tokens = gr.Number(d.max_new_tokens, label="Max tokens", precision=0, elem_id="heal-max-tokens")
             curation = gr.Radio(["auto", "manual"], value="auto", label="Curation", elem_id="heal-curation",
                                 info="manual: wait on the Curate page each round")
@@ -97,7 +176,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         with gr.Row():
             rank = gr.Number(h.rank, label="LoRA rank", precision=0, elem_id="heal-rank")
             lr = gr.Number(h.lr, label="Learning rate", elem_id="heal-lr")
-            epochs = gr.Number(h.epochs, label="Epochs", precision=0, elem_id="heal-epochs")
+            epochs = gr.Number(h.epochs, label="Epochs (min 1)", precision=0, elem_id="heal-epochs")
             eval_limit = gr.Number(0, label="Eval rows (0 = all)", precision=0, elem_id="heal-eval-limit")
             think = gr.Number(d.think_tokens, label="Think tokens T", precision=0, elem_id="heal-think")
             probe_tokens = gr.Number(d.probe_tokens, label="Probe answer tokens", precision=0,
@@ -118,17 +197,46 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
               eval_limit, think, probe_tokens, seed, random_control, personas["pos"], personas["neg"],
               personas["contexts"], steer["layers"]]
 
-    @friendly
     def submit(*values):
-        cfg = replace(run_config_from_form(lab.preview.model_name, *values), load_in_4bit=lab.preview.load_in_4bit)
-        run_id = start_run(lab.store, cfg)
-        jid = jobs.submit(lab.store, "loop", dict(run_id=run_id), run_id=run_id)
+        """Queue the run, or say beside the button what to change. Never raises: a raised error
+        would end the click's event chain and leave the button disabled."""
+        try:
+            cfg = replace(run_config_from_form(lab.preview.model_name, *values),
+                          load_in_4bit=lab.preview.load_in_4bit)
+            run_id = start_run(lab.store, cfg)
+            jid = jobs.submit(lab.store, "loop", dict(run_id=run_id), run_id=run_id)
+        except Exception as err:  # noqa: BLE001 - every refusal goes beside the button
+            if isinstance(err, (SteerhealError, gr.Error)):
+                message = getattr(err, "message", None) or str(err)
+            else:
+                log.exception("unexpected error starting a run")
+                message = (f"Something went wrong ({type(err).__name__}: {err}). The details are in the server "
+                           "log.")
+            gr.Warning(message)
+            return start_error_md(message), gr.skip(), gr.update(interactive=True), {"error": message}
         return (f"Run **{run_id}** queued (job {jid}).", gr.update(choices=run_choices(lab.store), value=run_id),
-                gr.update(interactive=True))
+                gr.update(interactive=False), {"run": run_id})
 
     def loop_job(run_id):
         found = lab.store.jobs(limit=1, kind="loop", run_id=run_id)
         return found[0] if found else None
+
+    def job_line(job, run):
+        """The loop job's line: its stage in words, and a bar: the count from the job's progress or
+        the run's stage ("eval healed 3/10"), else a moving bar (the vector stage has no count)."""
+        prog = dict(job.get("progress") or {})
+        if prog.get("stage"):
+            prog["stage"] = stage_parts(prog["stage"])[0]
+        if not (isinstance(prog.get("done"), int) and isinstance(prog.get("total"), int)):
+            _, done, total = stage_parts(run["stage"])
+            prog.update(done=done, total=total)
+        return job_status_md({**job, "progress": prog}, "loop job", busy_bar=True)
+
+    def busy_run(run_id) -> bool:
+        if run_id is None:
+            return False
+        job = loop_job(int(run_id))
+        return bool(job and job["status"] in BUSY)
 
     def curves(run_id):
         run = lab.store.run(int(run_id))
@@ -143,10 +251,11 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         run = lab.store.run(int(run_id))
         job = loop_job(run["id"])
         lines = [f"<div class='sh-job' id='run-state' data-status='{run['status']}'><b>run {run['id']}</b> "
-                 f"<span class='sh-badge sh-{run['status']}'>{run['status']}</span> · {html.escape(str(run['stage']))}"
+                 f"<span class='sh-badge sh-{run['status']}'>{run['status']}</span> · "
+                 f"{html.escape(stage_parts(run['stage'])[0])}"
                  "</div>"]
-        if job and job["status"] in ("queued", "running"):
-            lines.append(job_status_md(job, "loop job"))
+        if job and job["status"] in BUSY:
+            lines.append(job_line(job, run))
         if run["status"] == "waiting":
             lines.append("<div class='sh-warn'>Waiting for review: approve or reject the completions on the Curate "
                          "page, then press <b>Continue the run</b> there.</div>")
@@ -154,7 +263,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             lines.append(f"<div class='sh-error'>{html.escape(run['error'])}</div>")
         done = [r["round"] for r in lab.store.rows("rounds", run["id"]) if r["status"] == "completed"]
         lines.append(f"<div class='sh-muted'>rounds completed: {len(done)} of {run['config'].get('rounds')}</div>")
-        busy = bool(job and job["status"] in ("queued", "running"))
+        busy = bool(job and job["status"] in BUSY)
         return "".join(lines), gr.update(interactive=busy), gr.update(interactive=not busy and run["status"] in RESUMABLE)
 
     def view(run_id):
@@ -186,15 +295,34 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         jobs.submit(lab.store, "loop", dict(run_id=run["id"]), run_id=run["id"])
         return view(run_id)
 
-    start.click(lambda: gr.update(interactive=False), None, start, queue=False).then(
-        submit, fields, [start_md, which, start]).then(lambda: gr.update(interactive=True), None, start)
+    note = gr.State(None)  # what the line beside Start run shows: {"error": text} or {"run": id, "md": text}
+
+    start.click(lambda: (gr.update(interactive=False), ""), None, [start, start_md], queue=False).then(
+        submit, fields, [start_md, which, start, note])
+
+    def clear_error(current):
+        if current and "error" in current:
+            return "", None
+        return gr.skip(), gr.skip()
+
+    gr.on([f.input for f in fields], clear_error, note, [start_md, note], queue=False, show_progress="hidden")
     which.change(view, which, [progress, curve, cancel, resume])
     cancel.click(do_cancel, which, [progress, curve, cancel, resume])
     resume.click(do_resume, which, [progress, curve, cancel, resume])
 
     drawn_key = gr.State(None)
 
-    def tick(run_id, last_key):
+    def start_line(current):
+        """Follow the run Start run queued: the "queued" line gives way to its live state."""
+        if not current or "run" not in current:
+            return gr.skip(), gr.skip()
+        run = lab.store.run(int(current["run"]))
+        md = start_note_md(run, loop_job(run["id"]))
+        if md == current.get("md"):
+            return gr.skip(), gr.skip()
+        return md, {"run": run["id"], "md": md}
+
+    def tick(run_id, last_key, current):
         choices = run_choices(lab.store)
         state, cancel_u, resume_u = status(run_id)
         # build and redraw the curves only when a step was logged (no flicker, no work while idle)
@@ -203,7 +331,12 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             chart = gr.skip()
         else:
             chart = None if run_id is None else curves(run_id)
-        return gr.update(choices=choices), state, chart, cancel_u, resume_u, key
+        # Start run waits while the selected run, or the one it started, is queued or running
+        started = current.get("run") if current else None
+        start_u = gr.update(interactive=not (busy_run(run_id) or busy_run(started)))
+        line, current = start_line(current)
+        return gr.update(choices=choices), state, chart, cancel_u, resume_u, key, start_u, line, current
 
-    timer.tick(tick, [which, drawn_key], [which, progress, curve, cancel, resume, drawn_key], show_progress="hidden")
+    timer.tick(tick, [which, drawn_key, note], [which, progress, curve, cancel, resume, drawn_key, start, start_md,
+                                                note], show_progress="hidden")
     return dict(run=which)

@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.ui.conftest import SCREENSHOTS
 
@@ -89,6 +90,11 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
 
     # While the worker trains, a second visitor's page load stays quick (the UI never runs the job).
     page.locator("#run-state[data-status='running']").wait_for(timeout=120_000)
+    # While it goes, Start run waits and the line beside it follows the run (issue 16).
+    start_btn, start_line = page.locator("#start-run-btn"), page.locator("#start-run-status")
+    expect(start_btn).to_be_disabled(timeout=5_000)
+    expect(start_line).to_contain_text(re.compile(r"Run \d+ is running"), timeout=120_000)
+    expect(start_btn).to_be_disabled()
     other = browser.new_page()
     started = time.perf_counter()
     other.goto(url, wait_until="domcontentloaded")
@@ -104,6 +110,9 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     # Rendering is the browser's work (Gradio's JavaScript): 2-3 s on 2 slow cores even when idle.
     assert rendered < 10.0, f"the page took {rendered:.2f} s to become usable while a job ran"
     page.locator("#run-state[data-status='completed']").wait_for(timeout=LONG)
+    expect(start_btn).to_be_enabled(timeout=10_000)
+    expect(start_line).not_to_contain_text("queued", timeout=10_000)
+    expect(start_line).to_contain_text(re.compile(r"Run \d+ completed"))
     page.locator("#loss-chart .vega-embed").wait_for(timeout=30_000)
     shot(page, "5-heal")
 

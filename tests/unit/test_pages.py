@@ -2,11 +2,16 @@
 
 import json
 
+import pytest
+
 from pages.curate import table, verdict_under
+from pages.heal import MIN_COMPLETIONS, completions_problem, run_config_from_form, stage_parts, start_note_md
 from pages.personas import norm_warnings, pair_warnings
 from pages.results import highlight_changes
 from pages.steer import kl_html
+from steerheal.errors import SteerhealError
 from steerheal.filters import FilterConfig
+from steerheal.presets import default_contexts, persona_presets
 
 
 def _row(cid, ppl, rep, rmse, human=None, narration=True):
@@ -46,3 +51,51 @@ def test_probe_diff_marks_only_new_words_and_kl_shading_escapes_text():
     assert highlight_changes("I love people", "I love people deeply") == "I love people <mark>deeply</mark>"
     shaded = kl_html([("<b>", 0.0), (" hi", 5.0)], 3.0)
     assert "&lt;b&gt;" in shaded and "rgba(220,38,38,1.00)" in shaded and "data-alpha='3'" in shaded
+
+
+def _form(**over):
+    """The Heal form's values in build()'s order, with tiny valid settings."""
+    pair = next(iter(persona_presets().values()))
+    values = dict(rounds=1, alphas="2, 4", n=6, tokens=16, curation="auto", agg="rmse", tau=1.0, lam=0.3, power=0.0,
+                  ref="base", rank=4, lr=1e-4, epochs=1, limit=3, think=1, probe=12, seed=0, random=False,
+                  pos=pair["pos"], neg=pair["neg"], contexts="\n".join(default_contexts()), layers="0.45-0.55")
+    values.update(over)
+    return run_config_from_form("bundled", *values.values())
+
+
+def test_the_heal_form_refuses_settings_that_cannot_heal_and_says_what_to_change():
+    assert MIN_COMPLETIONS == 4
+    assert completions_problem(4) is None and completions_problem(100) is None
+    problem = completions_problem(3)
+    assert "at least 4, got 3" in problem and "more is safer" in problem
+    assert _form().n_completions == 6 and _form(n=4).n_completions == 4
+    with pytest.raises(SteerhealError, match="Completions per round must be at least 4, got 3"):
+        _form(n=3)
+    with pytest.raises(SteerhealError, match="Rounds must be at least 1, got 0"):
+        _form(rounds=0)
+    with pytest.raises(SteerhealError, match="strength"):
+        _form(alphas="abc")
+
+
+def test_heal_stages_read_as_words_and_the_start_line_follows_the_run():
+    assert stage_parts("round 0: vector") == ("round 0: extracting the steering vector", None, None)
+    assert stage_parts("round 1: heal step 3/6") == ("round 1: training the LoRA, step 3/6", 3, 6)
+    assert stage_parts("round 0: eval healed 2/10") == ("round 0: evaluating the healed model 2/10", 2, 10)
+    assert stage_parts("something new") == ("something new", None, None)
+    run = dict(id=3, status="running", stage="round 0: vector")
+    assert "queued (job 8)" in start_note_md(run, dict(id=8, status="queued"))
+    running = start_note_md(run, dict(id=8, status="running"))
+    assert "running" in running and "extracting the steering vector" in running and "queued" not in running
+    done = start_note_md(dict(run, status="completed", stage="done"), dict(id=8, status="completed"))
+    assert "completed" in done and "queued" not in done
+    assert "Resume" in start_note_md(dict(run, status="interrupted"), dict(id=8, status="cancelled"))
+
+
+def test_a_running_stage_without_a_count_gets_a_moving_bar():
+    from pages.common import job_status_md
+
+    job = dict(id=8, status="running", progress=dict(stage="extracting the steering vector", round=0))
+    assert "sh-busy" in job_status_md(job, "loop job", busy_bar=True)
+    assert "sh-busy" not in job_status_md(job, "loop job")
+    counted = dict(job, progress=dict(stage="x", done=2, total=4))
+    assert "2/4" in job_status_md(counted, busy_bar=True) and "sh-busy" not in job_status_md(counted, busy_bar=True)
