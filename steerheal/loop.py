@@ -270,7 +270,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
                                   started=started, finished=None)])
         store.set_run(run_id, stage=f"round {round_}: vector")
         say("vector", {"round": round_})
-        vector = _round_vector(store, run_id, round_, lm, cfg, pair)
+        vector = _round_vector(store, run_id, round_, lm, cfg, pair, say)
         if round_ == 0:
             v0 = vector
         elif v0 is None:
@@ -348,13 +348,18 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
     store.set_run(run_id, status="completed", stage="done")
 
 
-def _round_vector(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, pair) -> SteeringVector:
-    """This round's vector: re-extracted from the current model, or the one stored before a crash."""
+def _round_vector(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, pair, say: Progress) -> SteeringVector:
+    """This round's vector: re-extracted from the current model, or the one stored before a crash.
+    Reports prompts done / total as it goes (a cancel request stops it between batches)."""
     stored = store.artifact(run_id, round_, "vector.safetensors")
     if stored is not None:
         return SteeringVector.load(stored)
     pool = list(cfg.contexts) if cfg.contexts else default_contexts()
-    vector = extract_vector(lm, pair, pool[: cfg.n_contexts])
+
+    def extracted(done: int, total: int) -> None:
+        say("vector", {"round": round_, "step": done, "of": total})
+
+    vector = extract_vector(lm, pair, pool[: cfg.n_contexts], progress=extracted)
     store.save_artifact(run_id, round_, "vector.safetensors", vector.save)
     return vector
 

@@ -32,8 +32,12 @@ def test_manual_curation_waits_for_a_person_then_trains_on_their_verdicts(tmp_pa
 
     store = Store(tmp_path / "runs.db")
     run_id = start_run(store, replace(TINY, curation="manual", seed=3, tinymfv="off"))  # no evals: not checked here
-    run = run_loop(store, run_id)
+    events = []
+    run = run_loop(store, run_id, lambda stage, info: events.append((stage, info)))
     assert run["status"] == "waiting" and "waiting for curation" in run["stage"]
+    # the vector stage counts its prompts (the Heal page draws a bar from it): 8 contexts x 2 personas
+    counts = [(info["step"], info["of"]) for stage, info in events if stage == "vector" and "step" in info]
+    assert counts and counts[-1] == (16, 16) and all(a <= b for (a, _), (b, _) in zip(counts, counts[1:]))
     assert not store.rows("train_logs", run_id) and len(store.rows("completions", run_id, 0)) == 6
     assert run_loop(store, run_id)["status"] == "waiting"  # nothing moves until a person has looked
     ids = [c["id"] for c in store.rows("completions", run_id, 0)]
