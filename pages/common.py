@@ -150,6 +150,51 @@ def latest_job(store: Store, kind: str) -> dict | None:
     return jobs[0] if jobs else None
 
 
+# The lab's current persona pair and vector live in the store as vector jobs: the newest one holds
+# the pair and contexts last written on the Personas page (pos, neg, contexts in its params), the
+# newest completed one the vector in use (path and n_layers in its result). A refresh reads them back.
+def lab_vector_job(store: Store, search: int = 50) -> dict | None:
+    """The newest completed vector job: the vector the Steer page uses."""
+    return next((j for j in store.jobs(limit=search, kind="vector") if j["status"] == "completed"), None)
+
+
+def preset_for(pos: str, neg: str, presets: dict) -> str | None:
+    """The preset whose personas these are, or None for a custom pair."""
+    return next((name for name, p in presets.items() if (p["pos"], p["neg"]) == (pos, neg)), None)
+
+
+def clip(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def pair_label(pos: str, neg: str, presets: dict) -> str:
+    """"preset 'care-over-authority'" or "custom pair 'someone who ...' vs '...'" (plain text)."""
+    name = preset_for(pos, neg, presets)
+    return f"preset '{name}'" if name else f"custom pair '{clip(pos)}' vs '{clip(neg)}'"
+
+
+def clock(ts: float | None, now: float | None = None) -> str:
+    """A job's time as 11:32 today, else 2026-11-29 11:32."""
+    if not ts:
+        return "at an unknown time"
+    now = time.time() if now is None else now
+    same_day = time.localtime(ts)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def vector_summary(job: dict | None, presets: dict, now: float | None = None) -> str:
+    """One plain-text line for a vector job: its pair, contexts, layers and when it was made."""
+    if not job:
+        return "No vector yet: extract one on the Personas page."
+    params, result = job.get("params") or {}, job.get("result") or {}
+    n_ctx = len(params.get("contexts") or [])
+    contexts = f"{n_ctx} context{'s' if n_ctx != 1 else ''}" if n_ctx else "the default contexts"
+    layers = f", {result['n_layers']} layers" if result.get("n_layers") else ""
+    return (f"{pair_label(params.get('pos', ''), params.get('neg', ''), presets)}, {contexts}{layers}, "
+            f"extracted {clock(job.get('finished'), now)} (job {job['id']})")
+
+
 CSS = """
 .gradio-container { max-width: 1280px !important; }
 .sh-job { padding: .5rem .75rem; border-radius: 8px; background: var(--block-background-fill);
@@ -164,7 +209,7 @@ CSS = """
 .sh-badge { display: inline-block; padding: 0 .5rem; border-radius: 999px; font-size: .85em; color: white;
             background: #6b7280; }
 .sh-running, .sh-queued { background: #2563eb; } .sh-completed { background: #16a34a; }
-.sh-failed { background: #dc2626; } .sh-interrupted, .sh-waiting { background: #d97706; }
+.sh-failed { background: #dc2626; } .sh-interrupted, .sh-waiting, .sh-cancelled { background: #d97706; }
 .sh-error { color: #b91c1c; margin-top: .25rem; }
 .sh-warn { color: #92400e; background: #fffbeb; border: 1px solid #fcd34d; border-radius: 8px;
            padding: .5rem .75rem; }

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from steerheal.batching import encode_left_padded
 from steerheal.chat import chat_prompt
@@ -67,14 +68,24 @@ def _strip(ids: list[int], lm: LoadedModel) -> tuple[list[int], bool]:
     return ids, False
 
 
+class _StopWhenAsked(StoppingCriteria):
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
+
+
 def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | None = None,
              vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None,
-             progress: ProgressFn | None = None, alphas: Sequence[float] | None = None) -> list[Completion]:
+             progress: ProgressFn | None = None, alphas: Sequence[float] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> list[Completion]:
     """Answer each user prompt (with cfg.system_prompt), in batches, seeded by cfg.seed.
 
     Prompts are sorted by length so batches carry little padding; results come back in
     the order given. `alphas` gives each prompt its own strength (steer_cfg's alpha is then
-    unused), so a sweep over strengths runs in full batches.
+    unused), so a sweep over strengths runs in full batches. `should_stop` is polled at every
+    decoding step; once it says True, generation ends and InterruptedError is raised.
     """
     cfg = (cfg or GenerationConfig()).validate()
     rendered = [chat_prompt(lm.tokenizer, p, cfg.system_prompt) for p in prompts]
@@ -82,6 +93,8 @@ def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | No
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results: list[Completion | None] = [None] * len(prompts)
     kwargs = _sampling_kwargs(lm, cfg)
+    if should_stop is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenAsked(should_stop)])
     torch.manual_seed(cfg.seed)
     done = 0
     if alphas is not None and len(alphas) != len(prompts):
@@ -94,6 +107,8 @@ def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | No
                 rows.set(alphas[i] for i in idx)
             batch = encode_left_padded(lm.tokenizer, [rendered[i] for i in idx], lm.device)
             out = lm.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+            if should_stop is not None and should_stop():
+                raise InterruptedError("cancelled")
             new = out[:, batch["input_ids"].shape[1]:].tolist()
             for row, i in enumerate(idx):
                 ids, finished = _strip(new[row], lm)

@@ -190,8 +190,11 @@ def run_job(store: Store, job: dict, models: ModelCache | None = None) -> dict:
     try:
         result = HANDLERS[job["kind"]](store, job["params"], ctx, models or ModelCache())
         store.update_job(job["id"], status="completed", result=result, finished=time.time())
-    except Cancelled:
-        store.update_job(job["id"], status="cancelled", error="cancelled by the user", finished=time.time())
+    except InterruptedError as err:  # Cancelled, or a stage that stopped on should_stop (a normal end)
+        if not ctx.cancelled.is_set():
+            store.update_job(job["id"], status="failed", error=f"interrupted: {err}", finished=time.time())
+        else:
+            store.update_job(job["id"], status="cancelled", error="cancelled by the user", finished=time.time())
     except SteerhealError as err:
         store.update_job(job["id"], status="failed", error=str(err), finished=time.time())
     except Exception as err:  # shown to the person as one line; the trace goes to the worker log

@@ -196,8 +196,9 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
              should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) a run to completion. Returns the run row.
 
-    `should_stop` is polled between stages and heal steps; when it returns True the run stops
-    with status "interrupted" (resumable) and InterruptedError is raised."""
+    `should_stop` is polled within every stage (eval batches, decoding steps, extraction
+    batches, heal steps); when it returns True the run stops with status "cancelled"
+    (resumable) and InterruptedError is raised."""
     run = store.run(run_id)
     cfg = RunConfig.from_dict(run["config"]).validate()
     report = progress or (lambda stage, info: None)
@@ -215,7 +216,10 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
         store.set_run(run_id, status="failed", error=str(err))
         raise
     except (KeyboardInterrupt, InterruptedError) as err:
-        store.set_run(run_id, status="interrupted", error=str(err) or "interrupted")
+        if should_stop is not None and should_stop():  # the person asked: a normal end, resumable
+            store.set_run(run_id, status="cancelled", error="cancelled by the user")
+        else:
+            store.set_run(run_id, status="interrupted", error=str(err) or "interrupted")
         raise
     except (OSError, sqlite3.OperationalError) as err:
         message = storage_error(err, store, run_id)
@@ -235,6 +239,10 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
 
 def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
          should_stop: Callable[[], bool] | None = None) -> None:
+    def counted(stage: str, round_: int):
+        """An eval's progress callback: batches done / total, and a cancel check between batches."""
+        return lambda done, total: say(stage, {"round": round_, "step": done, "of": total})
+
     torch.manual_seed(cfg.seed)
     lm = load_model(ModelSpec(name=cfg.model, load_in_4bit=cfg.load_in_4bit))
     LayerBand(cfg.layers).resolve(lm.n_layers)  # a band outside this model fails before any eval
@@ -252,13 +260,14 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
 
     if tinymfv and not _has(store, "evals", run_id, -1, stage="base"):
         say("eval base", {"round": -1})
-        store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg))])
+        store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg, progress=counted("eval base", -1)))])
     if not _has(store, "probes", run_id, -1):
         store.put("probes", [dict(run_id=run_id, round=-1, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
                              for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
     if tinymfv and not _has(store, "evals", run_id, -1, stage="prompted"):
         say("eval prompted", {"round": -1})
-        res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos))
+        res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos),
+                       progress=counted("eval prompted", -1))
         store.put("evals", [_eval_row(run_id, -1, "prompted", res)])
     base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"] if tinymfv else None
     v0 = None
@@ -279,7 +288,8 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         if tinymfv and round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
             say("eval random control", {"round": round_})
             res = evaluate(lm, data, ecfg, stage="random", vector=vector.random_like(cfg.seed),
-                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers))
+                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers),
+                           progress=counted("eval random control", round_))
             store.put("evals", [_eval_row(run_id, 0, "random", res)])
         if not _has(store, "vectors", run_id, round_):
             path = store.artifact(run_id, round_, "vector.safetensors")
@@ -293,7 +303,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             say("generate", {"round": round_, "n": len(jobs)})
             sc = SteerConfig(alpha=1.0, layers=cfg.layers)
             comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
-                             alphas=[a for _, a in jobs])
+                             alphas=[a for _, a in jobs], should_stop=should_stop)
             crash_point(f"round{round_}:generated")
             say("filter", {"round": round_})
             verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
@@ -326,6 +336,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             def eval_progress(done: int, total: int, stage: str = stage) -> None:
                 store.set_run(run_id, stage=f"round {round_}: eval {stage} {done}/{total}")
                 crash_point(f"round{round_}:eval-{stage}")
+                say(f"eval {stage}", {"round": round_, "step": done, "of": total})
 
             res = evaluate(lm, data, ecfg, stage=stage, progress=eval_progress, **steer_args)
             store.put("evals", [_eval_row(run_id, round_, stage, res)])

@@ -26,7 +26,7 @@ import sqlite_utils
 from steerheal.errors import SteerhealError
 from steerheal.faults import crash_point
 
-RUN_STATUSES = ("running", "completed", "failed", "interrupted", "waiting")
+RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "waiting")
 _LIBRARIES = ("steerheal", "torch", "transformers", "peft", "gradio", "sqlite-utils", "altair")
 
 SCHEMA: dict[str, dict[str, Any]] = {

@@ -48,3 +48,21 @@ def test_manual_curation_waits_for_a_person_then_trains_on_their_verdicts(tmp_pa
     assert run["status"] == "completed"
     assert store.rows("train_logs", run_id, 0)
     assert [c["human_verdict"] for c in store.rows("completions", run_id, 0)] == [1, 1, 1, 1, 1, 0]
+
+
+def test_a_cancel_during_an_eval_stops_within_it_and_the_run_says_cancelled(tmp_path):
+    from dataclasses import replace
+
+    store = Store(tmp_path / "runs.db")
+    run_id = start_run(store, replace(TINY, seed=5))
+    asked = {"stop": False}
+
+    def progress(stage, info):
+        if stage == "eval base":  # the person presses Cancel as the base eval starts
+            asked["stop"] = True
+
+    with pytest.raises(InterruptedError):
+        run_loop(store, run_id, progress, should_stop=lambda: asked["stop"])
+    run = store.run(run_id)
+    assert run["status"] == "cancelled" and run["error"] == "cancelled by the user"
+    assert not store.rows("evals", run_id), "the eval ran to its end despite the cancel"

@@ -157,3 +157,16 @@ def test_one_batch_with_a_different_alpha_per_row_matches_one_alpha_at_a_time(lm
     strong = generate(lm, prompts[1::2], gen, care_vector, SteerConfig(alpha=6.0))
     assert [c.text for c in mixed] == [plain[0].text, strong[0].text, plain[1].text, strong[1].text]
     assert mixed[1].text != generate(lm, prompts[1:2], gen)[0].text
+
+
+def test_generation_stops_at_the_next_step_when_asked(lm):
+    asked = []
+
+    def stop_after_three_steps() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(InterruptedError):
+        generate(lm, axis_prompts()[:2], GenerationConfig(max_new_tokens=64, greedy=True),
+                 should_stop=stop_after_three_steps)
+    assert len(asked) <= 6, "generation went on after the stop request"

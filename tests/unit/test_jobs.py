@@ -1,5 +1,6 @@
 """The job queue in the store: claimed once, cancellable, heartbeats, stale workers."""
 
+import logging
 import threading
 import time
 
@@ -131,3 +132,24 @@ def test_job_errors_become_readable_job_failures(tmp_path, monkeypatch):
     assert second["status"] == "failed" and "ZeroDivisionError" in second["error"]
     with pytest.raises(SteerhealError, match="Unknown job kind"):
         jobs.submit(store, "mine-bitcoin", {})
+
+
+def test_a_stage_stopping_on_cancel_ends_the_job_cancelled_without_a_traceback(tmp_path, monkeypatch, caplog):
+    """The loop's stages stop with a plain InterruptedError when cancel was asked for: that is a
+    normal end (job cancelled, nothing logged as an error), while the same error without a cancel
+    request is a failure."""
+    store = Store(tmp_path / "runs.db")
+
+    def stops(store_, params, ctx, models):
+        if params.get("cancel"):
+            ctx.cancelled.set()
+        raise InterruptedError("cancelled")
+
+    monkeypatch.setitem(jobs.HANDLERS, "vector", stops)
+    cancelled = store.submit_job("vector", {"cancel": True})
+    with caplog.at_level(logging.ERROR):
+        jobs.run_job(store, store.claim_job("w"))
+    assert store.job(cancelled)["status"] == "cancelled" and "Traceback" not in caplog.text
+    failed = store.submit_job("vector", {})
+    jobs.run_job(store, store.claim_job("w"))
+    assert store.job(failed)["status"] == "failed"

@@ -89,6 +89,7 @@ def test_heal_stages_read_as_words_and_the_start_line_follows_the_run():
     done = start_note_md(dict(run, status="completed", stage="done"), dict(id=8, status="completed"))
     assert "completed" in done and "queued" not in done
     assert "Resume" in start_note_md(dict(run, status="interrupted"), dict(id=8, status="cancelled"))
+    assert "Resume" in start_note_md(dict(run, status="cancelled"), dict(id=8, status="cancelled"))
 
 
 def test_a_running_stage_without_a_count_gets_a_moving_bar():
@@ -99,3 +100,48 @@ def test_a_running_stage_without_a_count_gets_a_moving_bar():
     assert "sh-busy" not in job_status_md(job, "loop job")
     counted = dict(job, progress=dict(stage="x", done=2, total=4))
     assert "2/4" in job_status_md(counted, busy_bar=True) and "sh-busy" not in job_status_md(counted, busy_bar=True)
+
+
+def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
+    """Issue 16: a refresh reads the pair and vector back from the store; Steer and Heal name them."""
+    import time
+
+    from pages.common import clock, lab_vector_job, pair_label, preset_for, vector_summary
+    from pages.heal import run_uses_html
+    from pages.personas import CUSTOM_INFO, preset_info
+    from pages.steer import vector_html
+    from steerheal.store import Store
+
+    presets = persona_presets()
+    care = presets["care-over-authority"]
+    pos, neg = "someone who <always> helps strangers in need", "someone who never helps strangers in need at all"
+    assert preset_for(care["pos"], care["neg"], presets) == "care-over-authority"
+    assert preset_for(pos, neg, presets) is None and preset_for(care["pos"], neg, presets) is None
+    assert preset_info(None, presets) == CUSTOM_INFO and "Care over authority" not in CUSTOM_INFO
+    assert pair_label(care["pos"], care["neg"], presets) == "preset 'care-over-authority'"
+    assert pair_label(pos, neg, presets).startswith("custom pair 'someone who <always> helps")
+    assert "…" in pair_label("x" * 200, neg, presets)
+
+    noon = time.mktime((2026, 11, 30, 11, 32, 0, 0, 0, -1))
+    assert clock(noon, noon + 60) == "11:32" and clock(noon, noon + 3 * 86400) == "2026-11-30 11:32"
+    job = dict(id=5, status="completed", finished=noon, params=dict(pos=pos, neg=neg, contexts=["a", "b"]),
+               result=dict(path="v.safetensors", n_layers=30))
+    line = vector_summary(job, presets, noon)
+    assert line.startswith("custom pair 'someone who") and "2 contexts, 30 layers, extracted 11:32 (job 5)" in line
+    assert vector_summary(None, presets).startswith("No vector yet")
+    shown = vector_html(job, presets, noon)
+    assert "&lt;always&gt;" in shown and "<always>" not in shown  # the personas are text, never markup
+
+    uses = run_uses_html(pos, neg, "a\nb", "0.45-0.55", job, presets)
+    assert "This run will use:" in uses and "custom pair" in uses and "2 contexts" in uses and "0.45-0.55" in uses
+    assert "previews the same pair" in uses and "job 5" in uses
+    other = run_uses_html(care["pos"], care["neg"], "\n".join(default_contexts()), "0.45-0.55", job, presets)
+    assert "preset 'care-over-authority'" in other and "the 80 default contexts" in other and "different" in other
+
+    store = Store(tmp_path / "runs.db")  # the newest completed vector job is the one in use
+    assert lab_vector_job(store) is None
+    done = store.submit_job("vector", dict(pos=pos, neg=neg, contexts=["a", "b"]))
+    store.update_job(done, status="completed", result=dict(path="v", n_layers=30), finished=noon)
+    failed = store.submit_job("vector", dict(pos=care["pos"], neg=care["neg"], contexts=["a"]))
+    store.update_job(failed, status="failed", error="boom")
+    assert lab_vector_job(store)["id"] == done
