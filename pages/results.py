@@ -11,6 +11,7 @@ import gradio as gr
 from pages.common import Lab, as_int, friendly, job_status_md, run_choices
 from steerheal import charts, jobs
 from steerheal.errors import SteerhealError
+from steerheal.evals.tinymfv_data import demo_data_note
 from steerheal.report import write_report
 
 
@@ -85,10 +86,11 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         if not ids:
             return None, None, None, None, "<p class='sh-muted'>Pick a run.</p>", "", key
         evals = [e for r in ids for e in lab.store.rows("evals", r)]
-        warn = ""
+        demo = demo_data_note(evals)
+        warn = f"<div class='sh-warn' id='demo-data'><b>Demo data:</b> {html.escape(demo)}</div>" if demo else ""
         base = [e for e in evals if e["stage"] == "base"]
         if base and min(e["coherence"] for e in base) < 0.85:
-            warn = (f"<div class='sh-warn'><b>Warning:</b> Base coherence is {min(e['coherence'] for e in base):.3f} (under 0.85): "
+            warn += (f"<div class='sh-warn'><b>Warning:</b> Base coherence is {min(e['coherence'] for e in base):.3f} (under 0.85): "
                     "this model mostly fails the answer format, so its tinymfv numbers are not meaningful. "
                     "Use a larger model for real results.</div>")
         if not evals:

@@ -286,6 +286,7 @@ def cmd_run(args) -> int:
 
 @command("runs")
 def cmd_runs(args) -> int:
+    from steerheal.evals.tinymfv_data import demo_data_note
     from steerheal.store import Store
 
     store = Store(args.db)
@@ -293,8 +294,9 @@ def cmd_runs(args) -> int:
     for run in store.runs():
         rounds = [r["round"] for r in store.rows("rounds", run["id"]) if r["status"] == "completed"]
         healed = {e["round"]: e for e in store.rows("evals", run["id"], stage="healed")}
+        demo = demo_data_note(store.rows("evals", run["id"]))
         out.append(dict(id=run["id"], status=run["status"], model_id=run["model_id"], stage=run["stage"],
-                        rounds_completed=len(rounds),
+                        rounds_completed=len(rounds), tinymfv_comparable=demo is None,
                         rounds=[dict(round=r, auth_nats=healed[r]["auth_nats"], coherence=healed[r]["coherence"])
                                 for r in sorted(healed)]))
     if args.json:
@@ -303,7 +305,8 @@ def cmd_runs(args) -> int:
     for r in out:
         last = r["rounds"][-1] if r["rounds"] else None
         tail = f"  last healed auth_nats {last['auth_nats']:.3f} coherence {last['coherence']:.3f}" if last else ""
-        print(f"run {r['id']:>3}  {r['status']:<11} rounds {r['rounds_completed']}  {r['stage']}{tail}")
+        demo = "" if r["tinymfv_comparable"] else "  [demo vignettes: NOT comparable to tinymfv]"
+        print(f"run {r['id']:>3}  {r['status']:<11} rounds {r['rounds_completed']}  {r['stage']}{tail}{demo}")
     return 0
 
 

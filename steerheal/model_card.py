@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from steerheal.evals.tinymfv_data import demo_data_note
 from steerheal.store import Store
 
 
@@ -48,6 +49,9 @@ def model_card(store: Store, run_id: int, round_: int) -> str:
             label = "before" if e["round"] < 0 else e["round"]
             lines.append(f"| {label} | {e['stage']} | {_fmt(e['auth_nats'])} | {_fmt(e['care_nats'])} | "
                          f"{_fmt(e['coherence'])} | {_fmt(e['top1_acc'])} |")
+    demo = demo_data_note(evals)
+    if demo:
+        lines += ["", f"**Demo data.** {demo}"]
     base = [e for e in evals if e["stage"] == "base"]
     if base and base[0]["coherence"] < 0.85:
         lines += ["", f"Base coherence is {base[0]['coherence']:.3f} (< 0.85): the model mostly fails the answer "

@@ -14,6 +14,7 @@ import altair as alt
 
 from steerheal import charts
 from steerheal.errors import SteerhealError
+from steerheal.evals.tinymfv_data import demo_data_note
 from steerheal.store import Store
 
 _STYLE = """
@@ -73,6 +74,9 @@ def build_report(store: Store, run_ids: Sequence[int]) -> str:
                      f"git {html.escape(str(run['git_commit'])[:10])}</p>")
         if run.get("error"):
             parts.append(f"<p class='warn'>error: {html.escape(run['error'])}</p>")
+    demo = demo_data_note(evals)
+    if demo:
+        parts.append(f"<p class='warn' id='demo-data'><b>Demo data:</b> {html.escape(demo)}</p>")
     base = [e for e in evals if e["stage"] == "base"]
     if base and base[0]["coherence"] < 0.85:
         parts.append(f"<p class='warn'>Base coherence is {base[0]['coherence']:.3f} (&lt; 0.85): the model mostly "

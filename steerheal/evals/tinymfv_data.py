@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from steerheal.errors import SteerhealError
 
@@ -141,6 +142,20 @@ def _from_hub(config: str, condition: str) -> VignetteSet | None:
         lines = [json.dumps(r) for r in frame.to_dict(orient="records")]
         return VignetteSet(parse_rows(lines, str(parquet[0])), config, condition, source=f"hub dataset {HUB_DATASET}")
     log.warning("The hub dataset %s has no %s/%s split in a format steerheal reads.", HUB_DATASET, config, condition)
+    return None
+
+
+def demo_data_note(evals: Iterable[dict]) -> str | None:
+    """A warning when any of these stored eval rows (their `meta`, JSON or dict) came from the
+    demo set: those numbers must never pass for tinymfv ones. None when all are tinymfv."""
+    for e in evals:
+        meta = e.get("meta") or {}
+        if isinstance(meta, str):
+            meta = json.loads(meta) if meta.strip() else {}
+        if meta.get("comparable") is False or meta.get("data_source") == DEMO_SOURCE:
+            return ("These eval numbers come from steerheal's 28 demo vignettes (the offline fallback), NOT from "
+                    "tinymfv: they are not comparable with tinymfv results. Give the real data with --data DIR "
+                    "or STEERHEAL_TINYMFV_DIR (the tinymfv jsonl files).")
     return None
 
 
