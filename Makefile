@@ -59,19 +59,21 @@ run: setup
 test: export STEERHEAL_REQUIRE_BROWSER := 1
 test: export STEERHEAL_REQUIRE_DOCKER_CHECKS := 1
 # The whole suite: first everything but the browser tests on two pytest workers (one test file
-# per worker at a time, so module fixtures are built once), then the browser tests alone, since
-# they time page loads. Prints the slowest tests of each part and the total time.
+# per worker at a time, so module fixtures are built once; slowest files first, in the order
+# tests/conftest.py gives), then the browser tests alone, since they time page loads. Prints the
+# slowest tests of each part and the total time.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: setup browser docker-checks
 	@start=$$(date +%s); status=0; \
-	$(PYTEST) -n 2 --dist loadfile --durations=25 -m "not ui" tests || status=$$?; \
+	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 -m "not ui" tests || status=$$?; \
 	$(PYTEST) --durations=8 -m ui tests || status=$$?; \
 	echo "make test: whole suite in $$(( $$(date +%s) - start )) s (exit $$status)"; exit $$status
 
 # The inner loop (under 3 minutes): unit tests plus one smoke pass over every CLI command.
 test-fast: setup
 	@start=$$(date +%s); status=0; \
-	$(PYTEST) -n 2 --dist loadfile --durations=5 tests/unit tests/integration/test_cli_smoke.py || status=$$?; \
+	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=5 tests/unit tests/integration/test_cli_smoke.py \
+	  || status=$$?; \
 	echo "make test-fast: $$(( $$(date +%s) - start )) s (exit $$status)"; exit $$status
 
 bench: setup

@@ -26,9 +26,14 @@ _SHARED_TINYMFV = Path(__file__).resolve().parents[2] / "shared" / "tinymfv"
 TINYMFV_DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(_SHARED_TINYMFV) if _SHARED_TINYMFV.is_dir() else None)
 
 
-# The test files that take longest, started first so that two workers finish together.
-SLOW_FIRST = ("test_resume_and_export.py", "test_long_run.py", "test_tinymfv_eval.py", "test_heal_bake.py",
-              "test_storage_errors.py", "test_worker.py", "test_vectors_and_steering.py", "test_loop.py")
+# The test files that take longest (seconds on one thread, make test's workers), started first
+# so that two workers finish together (make test passes --no-loadscope-reorder, which keeps this order).
+SLOW_FIRST = ("test_tinymfv_eval.py",  # ~210: the full 132-row reference eval
+              "test_vectors_and_steering.py",  # ~170, extracts the 80-context care vector first
+              "test_resume_and_export.py",  # ~120
+              "test_long_run.py",  # ~110
+              "test_heal_bake.py",  # ~95
+              "test_loop.py", "test_storage_errors.py", "test_worker.py", "test_cli_smoke.py")  # ~40 each
 
 
 def pytest_collection_modifyitems(items):
