@@ -44,6 +44,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=weight)  # stable: tests keep their order within a file
 
 
+# Filters that keep every completion, as a run.toml table: tiny runs whose purpose is not the
+# filters then always have enough kept completions to train on.
+KEEP_ALL_FILTERS_TOML = """
+[filters]
+max_tail_perplexity = 1e9
+max_repetition = 1.0
+reject_narration = false
+reject_refusal = false
+"""
+
+
 def tiny_run_config(**overrides):
     """A one-round run small enough for 2 CPU cores (tens of seconds on the bundled model)."""
     from dataclasses import replace

@@ -13,7 +13,7 @@ import pytest
 
 from steerheal import jobs
 from steerheal.store import Store
-from tests.conftest import TINYMFV_DATA, run_cli
+from tests.conftest import KEEP_ALL_FILTERS_TOML, TINYMFV_DATA, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 # Every completion kept, so the one round always has enough to train on.
@@ -25,16 +25,11 @@ eval_limit = 1
 think_tokens = 1
 n_contexts = 2
 probe_tokens = 2
-[filters]
-max_tail_perplexity = 1e9
-max_repetition = 1.0
-reject_narration = false
-reject_refusal = false
 [heal]
 epochs = 1
 rank = 4
 lora_alpha = 8
-"""
+""" + KEEP_ALL_FILTERS_TOML
 
 
 def ok(*args) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from steerheal.faults import CRASH_ENV
 from steerheal.store import Store
-from tests.conftest import TINYMFV_DATA
+from tests.conftest import KEEP_ALL_FILTERS_TOML, TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
 # Tiny settings, every completion kept (so each round trains on all four: the filters are not
@@ -31,14 +31,9 @@ eval_limit = 1
 think_tokens = 1
 n_contexts = 2
 probe_tokens = 2
-[filters]
-max_tail_perplexity = 1e9
-max_repetition = 1.0
-reject_narration = false
-reject_refusal = false
 [heal]
 epochs = 2
-"""
+""" + KEEP_ALL_FILTERS_TOML
 # (where, what it interrupts); each is reached once the kills before it have been resumed
 CRASH_POINTS = [
     ("round0:generated", "generation: completions made, none stored"),

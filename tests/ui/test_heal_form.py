@@ -8,17 +8,9 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.ui.conftest import set_number, tab
+
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def test_form_errors_stay_beside_start_run_and_the_button_comes_back(app_url, browser, shot):

@@ -9,20 +9,10 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.ui.conftest import SCREENSHOTS
+from tests.ui.conftest import SCREENSHOTS, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 600_000  # ms: model work on 2 CPU cores
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
