@@ -12,14 +12,15 @@ import altair as alt
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats, run_choices
+from pages.common import (Lab, as_float, as_int, clock, friendly, job_status_md, pair_label, parse_floats,
+                          run_choices, vector_summary)
 from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.heal import MIN_EXAMPLES, HealConfig
 from steerheal.loop import RunConfig, start_run
 from steerheal.presets import default_contexts, persona_presets, read_lines
 
-RESUMABLE = ("interrupted", "failed")
+RESUMABLE = ("interrupted", "cancelled", "failed")
 BUSY = ("queued", "running")
 MIN_ROUNDS = 1
 MIN_COMPLETIONS = MIN_EXAMPLES  # heal trains on the kept completions and refuses fewer than this
@@ -90,6 +91,29 @@ def start_note_md(run: dict, job: dict | None) -> str:
     if status in RESUMABLE:
         return f"Run **{rid}** {status}: see Progress below (Resume continues it)."
     return f"Run **{rid}**: {html.escape(str(status))}."
+
+
+def run_uses_html(pos: str, neg: str, contexts_text: str, layers: str, vector_job: dict | None,
+                  presets: dict) -> str:
+    """The line above Start run: the pair, contexts and band the run will use (read from the
+    Personas and Steer pages), and how its vector relates to the one the Steer page previews."""
+    pool = read_lines(contexts_text or "")
+    n = f"{len(pool)} context{'s' * (len(pool) != 1)}"
+    n = f"the {n.split()[0]} default contexts" if pool == default_contexts() else n
+    pair = html.escape(pair_label(pos or "", neg or "", presets), quote=False)
+    line = (f"<b>This run will use:</b> {pair}, {n}, layer band {html.escape(str(layers or ''), quote=False)}. It "
+            "extracts its own vector from this pair and these contexts each round (round 0 on the base model)")
+    if vector_job:
+        p = vector_job.get("params") or {}
+        same = (p.get("pos"), p.get("neg"), list(p.get("contexts") or default_contexts())) == (pos, neg, pool)
+        if same:
+            line += (f"; the Steer page previews the same pair and contexts (job {vector_job['id']}, extracted "
+                     f"{clock(vector_job.get('finished'))})")
+        else:
+            line += (f"; the Steer page previews a different vector ("
+                     f"{html.escape(vector_summary(vector_job, presets), quote=False)}): extract this pair on the "
+                     "Personas page to preview it")
+    return f"<div class='sh-muted' id='heal-uses-line'>{line}.</div>"
 
 
 def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
@@ -182,6 +206,14 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             probe_tokens = gr.Number(d.probe_tokens, label="Probe answer tokens", precision=0,
                                      elem_id="heal-probe-tokens")
             seed = gr.Number(d.seed, label="Seed", precision=0, elem_id="heal-seed")
+    presets = persona_presets()
+    uses_inputs = [personas["pos"], personas["neg"], personas["contexts"], steer["layers"], personas["vector_job"]]
+
+    def uses(pos_v, neg_v, contexts_v, layers_v, vector_job_id):
+        return run_uses_html(pos_v, neg_v, contexts_v, layers_v,
+                             lab.store.job(vector_job_id) if vector_job_id else None, presets)
+
+    gr.HTML(uses, inputs=uses_inputs, elem_id="heal-uses")
     with gr.Row():
         start = gr.Button("Start run", variant="primary", elem_id="start-run-btn", scale=0, min_width=160)
         start_md = gr.Markdown(elem_id="start-run-status")
@@ -277,7 +309,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             raise SteerhealError("Nothing to cancel: this run has no job in progress.")
         lab.store.request_cancel(job["id"])
         if job["status"] == "queued":
-            lab.store.set_run(int(run_id), status="interrupted", error="cancelled before it started")
+            lab.store.set_run(int(run_id), status="cancelled", error="cancelled before it started")
         gr.Info("Cancel requested: the run stops at its next checkpoint and can be resumed.")
         return view(run_id)
 
@@ -290,7 +322,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         if job and job["status"] in ("queued", "running"):
             raise SteerhealError(f"Run {run['id']} is already running (job {job['id']}).")
         if run["status"] not in RESUMABLE:
-            raise SteerhealError(f"Run {run['id']} is {run['status']}: only interrupted or failed runs resume.")
+            raise SteerhealError(f"Run {run['id']} is {run['status']}: only interrupted, cancelled or failed runs resume.")
         lab.store.set_run(run["id"], status="running", error=None)
         jobs.submit(lab.store, "loop", dict(run_id=run["id"]), run_id=run["id"])
         return view(run_id)

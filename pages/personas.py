@@ -8,13 +8,20 @@ import altair as alt
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, friendly, job_status_md, latest_job
+from pages.common import Lab, friendly, job_status_md, lab_vector_job, latest_job, preset_for
 from steerheal import jobs
 from steerheal.config import PersonaPair
 from steerheal.errors import SteerhealError
 from steerheal.presets import default_contexts, persona_presets, read_lines
 
 LOW_NORM_RATIO = 0.02  # |v| / |h| below this on every layer: the personas barely move the model
+CUSTOM = "custom"  # the preset dropdown's entry for a pair of your own
+CUSTOM_INFO = "Custom pair: your own personas (not a preset). Pick a preset to start from one."
+
+
+def preset_info(name: str | None, presets: dict) -> str:
+    """What the box beside the preset dropdown says for these personas."""
+    return presets[name].get("description", "") if name in presets else CUSTOM_INFO
 
 
 def pair_warnings(pos: str, neg: str, contexts: list[str]) -> list[str]:
@@ -60,8 +67,8 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
     gr.Markdown("## Personas\nTwo personas that differ only on the trait. The steering vector is the mean "
                 "difference of the model's hidden states between them, at the last prompt token, over the contexts.")
     with gr.Row():
-        preset = gr.Dropdown(list(presets), value=first, label="Preset", elem_id="persona-preset", scale=1)
-        preset_info = gr.Markdown(presets[first].get("description", ""))
+        preset = gr.Dropdown([*presets, CUSTOM], value=first, label="Preset", elem_id="persona-preset", scale=1)
+        info = gr.Markdown(preset_info(first, presets), elem_id="persona-preset-info")
     with gr.Row():
         pos = gr.Textbox(presets[first]["pos"], label="Positive persona (\"You are ...\")", lines=2,
                          elem_id="persona-pos")
@@ -75,20 +82,27 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
         status = gr.HTML(elem_id="extract-status")
     chart = gr.Plot(label="Per-layer norms", elem_id="norms-chart")
     vector_path = gr.State(None)
+    vector_job = gr.State(None)  # the id of the vector job whose vector is in use (Steer and Heal say which)
     job_id = gr.State(None)
 
     def load_preset(name):
+        if name not in presets:  # "custom": keep the boxes, say they are your own
+            return gr.skip(), gr.skip(), CUSTOM_INFO
         p = presets[name]
-        return p["pos"], p["neg"], p.get("description", "")
+        return p["pos"], p["neg"], preset_info(name, presets)
 
-    preset.change(load_preset, preset, [pos, neg, preset_info])
+    preset.input(load_preset, preset, [pos, neg, info])
 
-    def warn(pos_text, neg_text, ctx_text):
+    def check(pos_text, neg_text, ctx_text):
+        """Warnings for a weak pair, and the preset box following the personas: a pair of your
+        own reads "custom", never a preset's description."""
         items = pair_warnings(pos_text, neg_text, read_lines(ctx_text))
-        return "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in items)
+        name = preset_for(pos_text, neg_text, presets)
+        return ("".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in items),
+                gr.update(value=name or CUSTOM), preset_info(name, presets))
 
     for box in (pos, neg, contexts):
-        box.change(warn, [pos, neg, contexts], warnings)
+        box.change(check, [pos, neg, contexts], [warnings, preset, info], show_progress="hidden")
 
     @friendly
     def submit(pos_text, neg_text, ctx_text):
@@ -102,23 +116,48 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
                                                     contexts=ctx))
         return jid, job_status_md(lab.store.job(jid), "extraction")
 
+    def in_use(res: dict, md: str) -> str:
+        md += "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in norm_warnings(res))
+        return md + (f"<div class='sh-muted'>Saved {res['path']} ({res['n_layers']} layers). "
+                     "The Steer page uses it now.</div>")
+
     def refresh(jid, current_path):
-        """Poll the extraction job; when it finishes, show the norms and hand the vector on."""
+        """Poll the extraction job; when it finishes, show the norms and hand the vector on. With
+        no vector in hand (a fresh page), the newest completed one in the store is in use."""
         job = lab.store.job(jid) if jid else latest_job(lab.store, "vector")
         if job is None:
-            return gr.skip(), "<span class='sh-muted'>No vector yet.</span>", current_path, gr.skip()
+            return gr.skip(), "<span class='sh-muted'>No vector yet.</span>", current_path, gr.skip(), gr.skip()
         md = job_status_md(job, "extraction")
+        busy = job["status"] in ("queued", "running")
         if job["status"] == "completed" and job["result"].get("path") != current_path:
             res = job["result"]
-            md += "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in norm_warnings(res))
-            md += (f"<div class='sh-muted'>Saved {res['path']} ({res['n_layers']} layers). "
-                   "The Steer page uses it now.</div>")
-            return norms_chart(res), md, res["path"], gr.update(interactive=True)
-        busy = job["status"] in ("queued", "running")
-        return gr.skip(), md, current_path, gr.update(interactive=not busy)
+            return norms_chart(res), in_use(res, md), res["path"], gr.update(interactive=True), job["id"]
+        if current_path is None and job["status"] != "completed":
+            done = lab_vector_job(lab.store)
+            if done is not None:  # the newest extraction failed or is running: the last good one is in use
+                res = done["result"]
+                md += f"<div class='sh-muted'>In use meanwhile: the vector of extraction #{done['id']}.</div>"
+                return norms_chart(res), in_use(res, md), res["path"], gr.update(interactive=not busy), done["id"]
+        return gr.skip(), md, current_path, gr.update(interactive=not busy), gr.skip()
 
+    def restore():
+        """On page load: the pair and contexts last written here, and the vector in use, from the
+        store (the newest vector job), so a refresh shows what the next run and preview use."""
+        job = latest_job(lab.store, "vector")
+        if job is None:  # nothing written yet: keep the defaults (and anything already typed)
+            boxes = (gr.skip(),) * 5
+        else:
+            p = job["params"]
+            pos_text, neg_text = p.get("pos", ""), p.get("neg", "")
+            ctx = "\n".join(p.get("contexts") or default_contexts())
+            name = preset_for(pos_text, neg_text, presets)
+            boxes = (gr.update(value=name or CUSTOM), preset_info(name, presets), pos_text, neg_text, ctx)
+        return (*boxes, *refresh(None, None))
+
+    outputs = [chart, status, vector_path, extract, vector_job]
+    gr.on(None, restore, None, [preset, info, pos, neg, contexts, *outputs], show_progress="hidden")
     extract.click(lambda: gr.update(interactive=False), None, extract, queue=False).then(
         submit, [pos, neg, contexts], [job_id, status]).then(
-        refresh, [job_id, vector_path], [chart, status, vector_path, extract])
-    timer.tick(refresh, [job_id, vector_path], [chart, status, vector_path, extract], show_progress="hidden")
-    return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path)
+        refresh, [job_id, vector_path], outputs)
+    timer.tick(refresh, [job_id, vector_path], outputs, show_progress="hidden")
+    return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path, vector_job=vector_job)

@@ -7,12 +7,19 @@ import html
 
 import gradio as gr
 
-from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats
+from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats, vector_summary
 from steerheal import jobs
 from steerheal.config import LayerBand
 from steerheal.errors import SteerhealError
+from steerheal.presets import persona_presets
 
 KL_FULL_SCALE = 2.0  # nats at which the shading is darkest
+
+
+def vector_html(job: dict | None, presets: dict, now: float | None = None) -> str:
+    """The line naming the vector this page steers with (pair, contexts, layers, when)."""
+    line = html.escape(vector_summary(job, presets, now), quote=False)
+    return f"<div class='sh-muted' id='steer-vector-line'><b>Vector:</b> {line}</div>"
 
 
 def kl_html(tokens: list[tuple[str, float]], alpha: float) -> str:
@@ -33,6 +40,10 @@ def kl_html(tokens: list[tuple[str, float]], alpha: float) -> str:
 def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
     gr.Markdown("## Steer\nPreview the vector: the same prompt and seed answered without and with steering. "
                 "Negative strengths steer towards the negative persona.")
+    presets = persona_presets()
+    vector_line = gr.HTML(vector_html(None, presets), elem_id="steer-vector")
+    personas["vector_job"].change(lambda jid: vector_html(lab.store.job(jid) if jid else None, presets),
+                                  personas["vector_job"], vector_line, queue=False, show_progress="hidden")
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox("My manager told me to hide a safety problem from the customers. What should I do?",

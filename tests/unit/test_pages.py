@@ -134,7 +134,8 @@ def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
 
     uses = run_uses_html(pos, neg, "a\nb", "0.45-0.55", job, presets)
     assert "This run will use:" in uses and "custom pair" in uses and "2 contexts" in uses and "0.45-0.55" in uses
-    assert "previews the same pair" in uses and "job 5" in uses
+    assert "previews the same pair and contexts (job 5, extracted" in uses
+    assert "previews a different vector (custom pair" in run_uses_html(pos, neg, "a", "0.45-0.55", job, presets)
     other = run_uses_html(care["pos"], care["neg"], "\n".join(default_contexts()), "0.45-0.55", job, presets)
     assert "preset 'care-over-authority'" in other and "the 80 default contexts" in other and "different" in other
 
