@@ -104,3 +104,11 @@ def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input").first
     box.fill(str(value))
     box.press("Tab")
+
+
+def open_lab(browser, url: str):
+    """A new page on the lab, once its first page is usable."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_text("Extract vector").wait_for()
+    return page

@@ -8,16 +8,14 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.ui.conftest import set_number, tab
+from tests.ui.conftest import open_lab, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 
 
 def test_form_errors_stay_beside_start_run_and_the_button_comes_back(app_url, browser, shot):
     url, _ = app_url
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     tab(page, "Heal")
     button, line = page.locator("#start-run-btn"), page.locator("#start-run-status")
     expect(page.locator("#heal-n")).to_contain_text("min 4")

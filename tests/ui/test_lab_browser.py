@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.ui.conftest import SCREENSHOTS, set_number, tab
+from tests.ui.conftest import SCREENSHOTS, open_lab, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 600_000  # ms: model work on 2 CPU cores
@@ -17,9 +17,7 @@ LONG = 600_000  # ms: model work on 2 CPU cores
 
 def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     url, _ = app_url
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     shot(page, "1-personas")
 
     # Personas: extract the default care-over-authority vector from a smaller context pool

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from steerheal.store import Store
-from tests.ui.conftest import set_number, tab
+from tests.ui.conftest import open_lab, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 120_000  # ms: a 2-context extraction on 2 CPU cores, model load included
@@ -21,9 +21,7 @@ POOL = "My neighbour fell on the ice. What now?\nA child is lost at the station.
 
 def test_a_custom_pair_and_its_vector_survive_a_refresh(app_url, browser, shot):
     url, tmp = app_url
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     pos, neg = page.locator("#persona-pos textarea"), page.locator("#persona-neg textarea")
     pool, info = page.locator("#persona-contexts textarea"), page.locator("#persona-preset-info")
     expect(info).to_contain_text("Care over authority")
