@@ -124,7 +124,8 @@ def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
     long = df.melt(id_vars=["round", "step"], value_vars=["loss", "nll", "divergence"], var_name="series")
     long["series"] = long["series"].map({"loss": "loss", "nll": "NLL", "divergence": "D (KL aggregate)"})
     lines = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("value:Q", title="nats"),
+        x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title="nats"),
         color=alt.Color("series:N", title="series"), strokeDash=alt.StrokeDash("round:N", title="round"),
         tooltip=["round", "step", "series", alt.Tooltip("value:Q", format=".4f")])
     chart = lines

@@ -35,7 +35,9 @@ def pair_warnings(pos: str, neg: str, contexts: list[str]) -> list[str]:
     if pos.strip() and neg.strip() and ratio > 0.9 and pos.strip().lower() != neg.strip().lower():
         out.append(f"The two personas are {ratio:.0%} the same text: make them differ clearly on the trait.")
     if 0 < len(contexts) < 8:
-        out.append(f"Only {len(contexts)} contexts: the mean difference will be noisy (the default pool has 80).")
+        n = len(contexts)
+        out.append(f"Only {n} context{'' if n == 1 else 's'}: the mean difference will be noisy (the default pool "
+                   "has 80).")
     return out
 
 

@@ -146,3 +146,15 @@ def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
     failed = store.submit_job("vector", dict(pos=care["pos"], neg=care["neg"], contexts=["a"]))
     store.update_job(failed, status="failed", error="boom")
     assert lab_vector_job(store)["id"] == done
+
+
+def test_small_cosmetics_a_user_noticed():
+    """Issue 16, item 12: "Only 1 contexts"; a one-step training curve labelled 1.000000."""
+    from pages.heal import loss_chart
+
+    assert any("Only 1 context:" in w for w in pair_warnings("someone who cares a lot", "someone who obeys", ["hi"]))
+    assert any("Only 3 contexts:" in w for w in pair_warnings("someone who cares a lot", "someone who obeys",
+                                                               ["a", "b", "c"]))
+    spec = loss_chart([dict(round=0, step=1, loss=1.0, nll=0.9, divergence=0.1)], tau=1.0).to_dict()
+    x_axis = spec["layer"][0]["encoding"]["x"]["axis"]
+    assert x_axis["format"] == "d" and x_axis["tickMinStep"] == 1
