@@ -139,7 +139,8 @@ def run_choices(store: Store) -> list[tuple[str, int]]:
     out = []
     for run in reversed(store.runs()):
         cfg = run["config"]
-        label = (f"run {run['id']} · {run['status']} · {cfg.get('rounds')} rounds · {cfg.get('pair')}"
+        rounds = cfg.get("rounds")
+        label = (f"run {run['id']} · {run['status']} · {rounds} round{'' if rounds == 1 else 's'} · {cfg.get('pair')}"
                  f"{' (custom)' if cfg.get('pos') else ''}")
         out.append((label, run["id"]))
     return out

@@ -148,8 +148,8 @@ def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
     assert lab_vector_job(store)["id"] == done
 
 
-def test_small_cosmetics_a_user_noticed():
-    """Issue 16, item 12: "Only 1 contexts"; a one-step training curve labelled 1.000000."""
+def test_small_cosmetics_a_user_noticed(tmp_path):
+    """Issue 16, item 12: "Only 1 contexts", "1 rounds"; a one-step training curve labelled 1.000000."""
     from pages.heal import loss_chart
 
     assert any("Only 1 context:" in w for w in pair_warnings("someone who cares a lot", "someone who obeys", ["hi"]))
@@ -158,3 +158,11 @@ def test_small_cosmetics_a_user_noticed():
     spec = loss_chart([dict(round=0, step=1, loss=1.0, nll=0.9, divergence=0.1)], tau=1.0).to_dict()
     x_axis = spec["layer"][0]["encoding"]["x"]["axis"]
     assert x_axis["format"] == "d" and x_axis["tickMinStep"] == 1
+    from pages.common import run_choices
+    from steerheal.store import Store
+
+    store = Store(tmp_path / "runs.db")
+    store.create_run({"rounds": 1, "pair": "care-over-authority"}, "bundled", 0)
+    store.create_run({"rounds": 3, "pair": "care-over-authority"}, "bundled", 0)
+    assert [label for label, _ in run_choices(store)] == [
+        "run 2 · running · 3 rounds · care-over-authority", "run 1 · running · 1 round · care-over-authority"]
