@@ -134,13 +134,17 @@ def as_float(value, what: str, lo: float | None = None, hi: float | None = None)
     return number
 
 
+def count(n: int, word: str) -> str:
+    """"1 context", "3 contexts"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def run_choices(store: Store) -> list[tuple[str, int]]:
     """(label, id) for the heal runs, newest first."""
     out = []
     for run in reversed(store.runs()):
         cfg = run["config"]
-        rounds = cfg.get("rounds")
-        label = (f"run {run['id']} · {run['status']} · {rounds} round{'' if rounds == 1 else 's'} · {cfg.get('pair')}"
+        label = (f"run {run['id']} · {run['status']} · {count(cfg.get('rounds'), 'round')} · {cfg.get('pair')}"
                  f"{' (custom)' if cfg.get('pos') else ''}")
         out.append((label, run["id"]))
     return out
@@ -190,7 +194,7 @@ def vector_summary(job: dict | None, presets: dict, now: float | None = None) ->
         return "No vector yet: extract one on the Personas page."
     params, result = job.get("params") or {}, job.get("result") or {}
     n_ctx = len(params.get("contexts") or [])
-    contexts = f"{n_ctx} context{'s' if n_ctx != 1 else ''}" if n_ctx else "the default contexts"
+    contexts = count(n_ctx, "context") if n_ctx else "the default contexts"
     layers = f", {result['n_layers']} layers" if result.get("n_layers") else ""
     return (f"{pair_label(params.get('pos', ''), params.get('neg', ''), presets)}, {contexts}{layers}, "
             f"extracted {clock(job.get('finished'), now)} (job {job['id']})")

@@ -12,8 +12,8 @@ import altair as alt
 import gradio as gr
 import pandas as pd
 
-from pages.common import (Lab, as_float, as_int, clock, friendly, job_status_md, pair_label, parse_floats,
-                          run_choices, vector_summary)
+from pages.common import (Lab, as_float, as_int, clock, count, friendly, job_status_md, pair_label, parse_floats,
+                          preset_for, run_choices, vector_summary)
 from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.heal import MIN_EXAMPLES, HealConfig
@@ -98,8 +98,7 @@ def run_uses_html(pos: str, neg: str, contexts_text: str, layers: str, vector_jo
     """The line above Start run: the pair, contexts and band the run will use (read from the
     Personas and Steer pages), and how its vector relates to the one the Steer page previews."""
     pool = read_lines(contexts_text or "")
-    n = f"{len(pool)} context{'s' * (len(pool) != 1)}"
-    n = f"the {n.split()[0]} default contexts" if pool == default_contexts() else n
+    n = f"the {len(pool)} default contexts" if pool == default_contexts() else count(len(pool), "context")
     pair = html.escape(pair_label(pos or "", neg or "", presets), quote=False)
     line = (f"<b>This run will use:</b> {pair}, {n}, layer band {html.escape(str(layers or ''), quote=False)}. It "
             "extracts its own vector from this pair and these contexts each round (round 0 on the base model)")
@@ -152,8 +151,7 @@ def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, cur
     pool = read_lines(contexts_v or "")
     if not pool:
         raise SteerhealError("The context pool on the Personas page is empty: give one user message per line.")
-    preset = next((name for name, p in persona_presets().items() if (p["pos"], p["neg"]) == (pos_v, neg_v)),
-                  None)
+    preset = preset_for(pos_v, neg_v, persona_presets())
     rounds = as_int(rounds_v, "Rounds", MIN_ROUNDS, 1000)
     n_completions = as_int(n_v, "Completions per round", 1, 100000)
     problem = completions_problem(n_completions)
@@ -256,7 +254,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
 
     def job_line(job, run):
         """The loop job's line: its stage in words, and a bar: the count from the job's progress or
-        the run's stage ("eval healed 3/10"), else a moving bar (the vector stage has no count)."""
+        the run's stage ("eval healed 3/10"), else a moving bar (a stage that reports no count)."""
         prog = dict(job.get("progress") or {})
         if prog.get("stage"):
             prog["stage"] = stage_parts(prog["stage"])[0]
@@ -283,11 +281,12 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         lab.store.mark_stale_jobs()
         run = lab.store.run(int(run_id))
         job = loop_job(run["id"])
+        busy = bool(job and job["status"] in BUSY)
         lines = [f"<div class='sh-job' id='run-state' data-status='{run['status']}'><b>run {run['id']}</b> "
                  f"<span class='sh-badge sh-{run['status']}'>{run['status']}</span> · "
                  f"{html.escape(stage_parts(run['stage'])[0])}"
                  "</div>"]
-        if job and job["status"] in BUSY:
+        if busy:
             lines.append(job_line(job, run))
         if run["status"] == "waiting":
             lines.append("<div class='sh-warn'>Waiting for review: approve or reject the completions on the Curate "
@@ -296,7 +295,6 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             lines.append(f"<div class='sh-error'>{html.escape(run['error'])}</div>")
         done = [r["round"] for r in lab.store.rows("rounds", run["id"]) if r["status"] == "completed"]
         lines.append(f"<div class='sh-muted'>rounds completed: {len(done)} of {run['config'].get('rounds')}</div>")
-        busy = bool(job and job["status"] in BUSY)
         return "".join(lines), gr.update(interactive=busy), gr.update(interactive=not busy and run["status"] in RESUMABLE)
 
     def view(run_id):
@@ -306,7 +304,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
     @friendly
     def do_cancel(run_id):
         job = loop_job(int(run_id)) if run_id is not None else None
-        if not job or job["status"] not in ("queued", "running"):
+        if not job or job["status"] not in BUSY:
             raise SteerhealError("Nothing to cancel: this run has no job in progress.")
         lab.store.request_cancel(job["id"])
         if job["status"] == "queued":
@@ -320,7 +318,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
             raise SteerhealError("Pick a run to resume.")
         run = lab.store.run(int(run_id))
         job = loop_job(run["id"])
-        if job and job["status"] in ("queued", "running"):
+        if job and job["status"] in BUSY:
             raise SteerhealError(f"Run {run['id']} is already running (job {job['id']}).")
         if run["status"] not in RESUMABLE:
             raise SteerhealError(f"Run {run['id']} is {run['status']}: only interrupted, cancelled or failed runs resume.")

@@ -8,7 +8,7 @@ import altair as alt
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, friendly, job_status_md, lab_vector_job, latest_job, preset_for
+from pages.common import Lab, count, friendly, job_status_md, lab_vector_job, latest_job, preset_for
 from steerheal import jobs
 from steerheal.config import PersonaPair
 from steerheal.errors import SteerhealError
@@ -35,8 +35,7 @@ def pair_warnings(pos: str, neg: str, contexts: list[str]) -> list[str]:
     if pos.strip() and neg.strip() and ratio > 0.9 and pos.strip().lower() != neg.strip().lower():
         out.append(f"The two personas are {ratio:.0%} the same text: make them differ clearly on the trait.")
     if 0 < len(contexts) < 8:
-        n = len(contexts)
-        out.append(f"Only {n} context{'' if n == 1 else 's'}: the mean difference will be noisy (the default pool "
+        out.append(f"Only {count(len(contexts), 'context')}: the mean difference will be noisy (the default pool "
                    "has 80).")
     return out
 

@@ -336,7 +336,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             def eval_progress(done: int, total: int, stage: str = stage) -> None:
                 store.set_run(run_id, stage=f"round {round_}: eval {stage} {done}/{total}")
                 crash_point(f"round{round_}:eval-{stage}")
-                say(f"eval {stage}", {"round": round_, "step": done, "of": total})
+                counted(f"eval {stage}", round_)(done, total)
 
             res = evaluate(lm, data, ecfg, stage=stage, progress=eval_progress, **steer_args)
             store.put("evals", [_eval_row(run_id, round_, stage, res)])
