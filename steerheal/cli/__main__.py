@@ -1,0 +1,5 @@
+import sys
+
+from steerheal.cli import main
+
+sys.exit(main())
