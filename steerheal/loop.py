@@ -8,167 +8,31 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from steerheal import bake
-from steerheal.config import GenerationConfig, LayerBand, ModelSpec, SteerConfig, _finite, persona_system_prompt
+from steerheal.config import GenerationConfig, LayerBand, ModelSpec, SteerConfig, persona_system_prompt
 from steerheal.errors import SteerhealError
 from steerheal.evals.probes import answer_probes
 from steerheal.evals.tinymfv import EvalConfig, evaluate
 from steerheal.evals.tinymfv_data import load_vignettes
 from steerheal.faults import crash_point
-from steerheal.filters import FilterConfig, evaluate_completions
+from steerheal.filters import evaluate_completions
 from steerheal.generate import generate
-from steerheal.heal import MIN_EXAMPLES, HealConfig, TrainExample, heal
+from steerheal.heal import TrainExample, heal
 from steerheal.memory import release_memory, resident_mb
-from steerheal.models import check_4bit_possible, load_model
-from steerheal.presets import axis_prompts, default_contexts, persona_pair
+from steerheal.models import load_model
+from steerheal.presets import axis_prompts, default_contexts
+from steerheal.run_config import RunConfig  # noqa: F401  (re-exported: callers import it from here)
 from steerheal.store import Store
 from steerheal.vectors import SteeringVector, extract_vector
 
 Progress = Callable[[str, dict], None]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Defaults run the care-over-authority experiment on the bundled model (CPU demo preset)."""
-
-    model: str = "bundled"
-    pair: str = "care-over-authority"
-    pos: str | None = None  # custom personas override the preset's
-    neg: str | None = None
-    rounds: int = 3
-    alphas: tuple[float, ...] = (2.0, 3.0, 4.0)
-    layers: str = "0.45-0.55"
-    n_completions: int = 32
-    max_new_tokens: int = 64
-    think_tokens: int = 16
-    eval_limit: int | None = None
-    tinymfv: str = "on"  # "off" skips the tinymfv evals (and with them the coherence-floor early stop)
-    data_dir: str | None = None
-    curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
-    coherence_floor: float = 0.95
-    contexts: tuple[str, ...] | None = None  # a custom context pool (None: the 80 bundled ones)
-    n_contexts: int | None = None  # extract from the first N contexts only (None: all)
-    probe_tokens: int = 96
-    random_control: bool = False  # also eval a random vector of the same norms (round 0, stage "random")
-    load_in_4bit: bool = False  # QLoRA on a 4-bit base (CUDA only); adapters stay stacked
-    seed: int = 42
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
-
-    def validate(self) -> "RunConfig":
-        """Every setting checked before any work; a SteerhealError says what to change."""
-        for name in ("model", "pair", "layers", "curation"):
-            if not isinstance(getattr(self, name), str):
-                raise SteerhealError(f"{name} must be text, got {getattr(self, name)!r}.")
-        for name in ("pos", "neg", "data_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise SteerhealError(f"{name} must be text, got {value!r}.")
-        for name in ("pos", "neg"):
-            if getattr(self, name) is not None and len(getattr(self, name)) > 20_000:
-                raise SteerhealError(f"The {name} persona is too long (over 20000 characters).")
-        for name in ("random_control", "load_in_4bit"):
-            if not isinstance(getattr(self, name), bool):
-                raise SteerhealError(f"{name} must be true or false, got {getattr(self, name)!r}.")
-        if self.load_in_4bit:
-            check_4bit_possible()
-        if self.data_dir is not None and "\x00" in self.data_dir:
-            raise SteerhealError("data_dir is not a valid path.")
-        try:
-            return self._validate()
-        except (TypeError, ValueError, OverflowError) as err:  # a malformed value the checks above missed
-            raise SteerhealError(f"Bad run setting: {err}.") from None
-
-    def _validate(self) -> "RunConfig":
-        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 1000:
-            raise SteerhealError(f"rounds must be an integer in 1..1000, got {self.rounds!r}.")
-        if not self.alphas or len(self.alphas) > 64 or any(
-                not isinstance(a, (int, float)) or not math.isfinite(float(a)) for a in self.alphas):
-            raise SteerhealError("Give between 1 and 64 finite alphas.")
-        for a in self.alphas:
-            if abs(float(a)) > 1000:
-                raise SteerhealError(f"alpha {a:g} is far outside any useful strength (|alpha| <= 1000).")
-        LayerBand(self.layers).resolve(100_000)  # syntax; the model's own depth is checked once it loads
-        if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 500:
-            raise SteerhealError("model must be 'bundled', a Hugging Face id or a local directory.")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise SteerhealError(f"seed must be a non-negative integer, got {self.seed!r}.")
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 8192:
-            raise SteerhealError(f"max_new_tokens must be an integer in 1..8192, got {self.max_new_tokens!r}.")
-        if not isinstance(self.n_completions, int) or self.n_completions > 100_000:
-            raise SteerhealError(f"n_completions must be an integer up to 100000, got {self.n_completions!r}.")
-        if self.contexts is not None and (not self.contexts or any(
-                not isinstance(c, str) or not c.strip() for c in self.contexts)):
-            raise SteerhealError("The context pool must hold at least one non-empty message.")
-        if not 0 < _finite("coherence_floor", self.coherence_floor) <= 1:
-            raise SteerhealError("coherence_floor must be in (0, 1].")
-        if not isinstance(self.n_completions, int) or self.n_completions < MIN_EXAMPLES:
-            raise SteerhealError(f"n_completions must be >= {MIN_EXAMPLES} (heal needs that many kept completions).")
-        if self.n_contexts is not None and (not isinstance(self.n_contexts, int) or self.n_contexts < 1):
-            raise SteerhealError(f"n_contexts must be a positive integer or unset, got {self.n_contexts!r}.")
-        if not isinstance(self.probe_tokens, int) or not 1 <= self.probe_tokens <= 4096:
-            raise SteerhealError(f"probe_tokens must be an integer in 1..4096, got {self.probe_tokens!r}.")
-        if self.tinymfv not in ("on", "off"):
-            raise SteerhealError(f"Unknown tinymfv setting {self.tinymfv!r}: use on or off.")
-        if self.curation not in ("auto", "manual"):
-            raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
-        self.persona_pair()
-        GenerationConfig(max_new_tokens=self.max_new_tokens).validate()
-        EvalConfig(think_tokens=self.think_tokens, limit=self.eval_limit).validate()
-        self.filters.validate()
-        self.heal.validate()
-        return self
-
-    def persona_pair(self):
-        from steerheal.config import PersonaPair
-
-        pair = persona_pair(self.pair)
-        if self.pos is not None or self.neg is not None:
-            pair = PersonaPair(pos=self.pos if self.pos is not None else pair.pos,
-                               neg=self.neg if self.neg is not None else pair.neg, name="custom")
-        return pair.validate()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        """Build from plain data (TOML, JSON, a form); anything malformed is a SteerhealError."""
-        if not isinstance(data, dict):
-            raise SteerhealError("A run config must be a table of settings.")
-        try:
-            return cls._from_dict(data)
-        except (TypeError, ValueError) as err:
-            raise SteerhealError(f"Bad run setting: {err}.") from None
-
-    @classmethod
-    def _from_dict(cls, data: dict) -> "RunConfig":
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"filters", "heal"}
-        if unknown:
-            raise SteerhealError(f"Unknown run setting(s): {', '.join(sorted(unknown))}.")
-        filters_data, heal_data = data.pop("filters", {}), data.pop("heal", {})
-        if not isinstance(filters_data, dict) or not isinstance(heal_data, dict):
-            raise SteerhealError("filters and heal must be tables of settings.")
-        filters = FilterConfig(**filters_data)
-        heal_data = dict(heal_data)
-        for key in ("depth", "betas"):
-            if key in heal_data:
-                heal_data[key] = tuple(heal_data[key])
-        if data.get("contexts") is not None:
-            data["contexts"] = tuple(str(c) for c in data["contexts"])
-        if "alphas" in data:
-            data["alphas"] = tuple(float(a) for a in data["alphas"])
-        return cls(**{k: v for k, v in data.items() if k in known}, filters=filters, heal=HealConfig(**heal_data))
 
 
 def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
