@@ -166,3 +166,21 @@ def load_adapters(lm: LoadedModel, directories: Sequence[Path], first_round: int
         activate(lm, adapter_names(lm))
         merge(lm)
     lm.model.eval()
+
+
+@contextmanager
+def base_view(lm: LoadedModel) -> Iterator[None]:
+    """Inside the block `lm` computes the base model (every round adapter off), then the
+    adapters come back merged as before. Only for stacks never folded for good (the `base`
+    reference); a model without adapters is its own base."""
+    if not is_peft(lm):
+        yield
+        return
+    was_merged = any(layer.merged for layer in _lora_layers(lm))
+    unmerge(lm)
+    try:
+        with lm.model.disable_adapter():
+            yield
+    finally:
+        if was_merged:
+            merge(lm)

@@ -19,27 +19,20 @@ from steerheal import bake
 from steerheal.config import GenerationConfig, LayerBand, ModelSpec, SteerConfig, persona_system_prompt
 from steerheal.errors import SteerhealError
 from steerheal.evals.probes import answer_probes
-from steerheal.evals.tinymfv import EvalConfig, evaluate
-from steerheal.evals.tinymfv_data import load_vignettes
+from steerheal.evals.tinymfv import DEGRADED
 from steerheal.faults import crash_point
 from steerheal.filters import evaluate_completions
 from steerheal.generate import generate
 from steerheal.heal import TrainExample, heal
 from steerheal.memory import release_memory, resident_mb
 from steerheal.models import load_model
-from steerheal.presets import axis_prompts, default_contexts
+from steerheal.presets import default_contexts, generation_prompts
 from steerheal.run_config import RunConfig  # noqa: F401  (re-exported: callers import it from here)
+from steerheal.measure import Instruments
 from steerheal.store import Store
 from steerheal.vectors import SteeringVector, extract_vector
 
 Progress = Callable[[str, dict], None]
-
-
-def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
-    m = result.metrics
-    return dict(run_id=run_id, round=round_, stage=stage, auth_nats=m["auth_nats"], care_nats=m["care_nats"],
-                coherence=m["coherence"], top1_acc=m["top1_acc"],
-                metrics={k: v for k, v in m.items()}, rows=[r.__dict__ for r in result.rows], meta=result.meta)
 
 
 def _train_row(run_id: int, round_: int, step: dict) -> dict:
@@ -103,16 +96,9 @@ def run_loop(store: Store, run_id: int, progress: Progress | None = None,
 
 def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
          should_stop: Callable[[], bool] | None = None) -> None:
-    def counted(stage: str, round_: int):
-        """An eval's progress callback: batches done / total, and a cancel check between batches."""
-        return lambda done, total: say(stage, {"round": round_, "step": done, "of": total})
-
     torch.manual_seed(cfg.seed)
     lm = load_model(ModelSpec(name=cfg.model, load_in_4bit=cfg.load_in_4bit))
     LayerBand(cfg.layers).resolve(lm.n_layers)  # a band outside this model fails before any eval
-    tinymfv = cfg.tinymfv == "on"
-    data = load_vignettes(data_dir=cfg.data_dir) if tinymfv else None
-    ecfg = EvalConfig(think_tokens=cfg.think_tokens, limit=cfg.eval_limit, subset_seed=cfg.seed)
     pair = cfg.persona_pair()
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     # Rebuild the model at the last finished round from its adapters.
@@ -121,20 +107,16 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
     if any(a is None for a in adapters):
         raise SteerhealError("A completed round's adapter file is missing: the run cannot be rebuilt.")
     bake.load_adapters(lm, adapters)
+    measures = Instruments(store, run_id, cfg, lm, say, should_stop)
 
-    if tinymfv and not _has(store, "evals", run_id, -1, stage="base"):
-        say("eval base", {"round": -1})
-        store.put("evals", [_eval_row(run_id, -1, "base", evaluate(lm, data, ecfg, progress=counted("eval base", -1)))])
+    store.set_run(run_id, stage="base: evals")
+    measures.measure(-1, "base")
     if not _has(store, "probes", run_id, -1):
         store.put("probes", [dict(run_id=run_id, round=-1, prompt=p.prompt, answer=p.answer, n_tokens=p.n_tokens)
                              for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
-    if tinymfv and not _has(store, "evals", run_id, -1, stage="prompted"):
-        say("eval prompted", {"round": -1})
-        res = evaluate(lm, data, ecfg, stage="prompted", persona_prompt=persona_system_prompt(pair.pos),
-                       progress=counted("eval prompted", -1))
-        store.put("evals", [_eval_row(run_id, -1, "prompted", res)])
-    base_coherence = store.rows("evals", run_id, -1, stage="base")[0]["coherence"] if tinymfv else None
+    measures.measure(-1, "prompted", persona=persona_system_prompt(pair.pos))
     v0 = None
+    mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
     for round_ in range(len(done_rounds), cfg.rounds):
         earlier = store.rows("rounds", run_id, round_)
         curated = bool(earlier) and earlier[0]["status"] == "curated"
@@ -148,37 +130,15 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             v0 = vector
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
-        mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
-        if tinymfv and round_ == 0 and cfg.random_control and not _has(store, "evals", run_id, 0, stage="random"):
-            say("eval random control", {"round": round_})
-            res = evaluate(lm, data, ecfg, stage="random", vector=vector.random_like(cfg.seed),
-                           steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers),
-                           progress=counted("eval random control", round_))
-            store.put("evals", [_eval_row(run_id, 0, "random", res)])
+        if round_ == 0 and cfg.random_control:
+            measures.measure(0, "random", vector=vector.random_like(cfg.seed), alpha=mid_alpha)
         if not _has(store, "vectors", run_id, round_):
             path = store.artifact(run_id, round_, "vector.safetensors")
             digest = store.rows("artifacts", run_id, round_, kind="vector.safetensors")[0]["sha256"]
             store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest,
                                        norms=vector.norms, cos_v0=vector.mean_cosine(v0))])
         if not _has(store, "completions", run_id, round_):
-            store.set_run(run_id, stage=f"round {round_}: generate")
-            prompts = axis_prompts()
-            jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
-            say("generate", {"round": round_, "n": len(jobs)})
-            sc = SteerConfig(alpha=1.0, layers=cfg.layers)
-            comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
-                             alphas=[a for _, a in jobs], should_stop=should_stop)
-            crash_point(f"round{round_}:generated")
-            say("filter", {"round": round_})
-            verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
-                                            [c.text for c in comps], gen_cfg.system_prompt, cfg.filters, vector,
-                                            [replace(sc, alpha=a) for _, a in jobs])
-            rows = [dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
-                         n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
-                                                      "token_ids": c.token_ids},
-                         auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons)
-                    for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
-            store.put("completions", sorted(rows, key=lambda r: r["idx"]))
+            _generate_and_filter(store, run_id, round_, lm, cfg, vector, gen_cfg, say, should_stop)
         if cfg.curation == "manual" and not curated:
             store.put("rounds", [dict(run_id=run_id, round=round_, status="waiting", started=started, finished=None)])
             store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
@@ -189,21 +149,9 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             _heal_round(store, run_id, round_, lm, cfg, say, should_stop)
         else:  # healed before a crash: the saved adapter is this round's result
             bake.load_adapters(lm, [adapter], first_round=round_)
-        for stage in ("steered", "healed") if tinymfv else ():
-            if _has(store, "evals", run_id, round_, stage=stage):
-                continue
-            store.set_run(run_id, stage=f"round {round_}: eval {stage}")
-            say(f"eval {stage}", {"round": round_})
-            steer_args = dict(vector=vector, steer_cfg=SteerConfig(alpha=mid_alpha, layers=cfg.layers)) \
-                if stage == "steered" else {}
-
-            def eval_progress(done: int, total: int, stage: str = stage) -> None:
-                store.set_run(run_id, stage=f"round {round_}: eval {stage} {done}/{total}")
-                crash_point(f"round{round_}:eval-{stage}")
-                counted(f"eval {stage}", round_)(done, total)
-
-            res = evaluate(lm, data, ecfg, stage=stage, progress=eval_progress, **steer_args)
-            store.put("evals", [_eval_row(run_id, round_, stage, res)])
+        measures.measure(round_, "steered", vector=vector, alpha=mid_alpha)
+        measures.measure(round_, "healed")
+        measures.absorption(round_, vector, mid_alpha)
         if not _has(store, "probes", run_id, round_):
             store.set_run(run_id, stage=f"round {round_}: probes")
             answers = answer_probes(lm, max_new_tokens=cfg.probe_tokens)
@@ -213,14 +161,56 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
         release_memory()
         store.put("rounds", [dict(run_id=run_id, round=round_, status="completed", started=started,
                                   finished=time.time(), rss_mb=resident_mb(), db_mb=store.size_mb())])
-        if not tinymfv:
-            continue
-        coherence = store.rows("evals", run_id, round_, stage="healed")[0]["coherence"]
-        floor = cfg.coherence_floor if base_coherence >= cfg.coherence_floor else cfg.coherence_floor * base_coherence
-        if coherence < floor:
-            say("stopped early", {"round": round_, "coherence": coherence, "floor": floor})
+        reason = stop_reason(store, run_id, round_, cfg)
+        if reason:
+            store.set_run(run_id, stop_reason=reason)
+            say("stopped early", {"round": round_, "reason": reason})
             break
     store.set_run(run_id, status="completed", stage="done")
+
+
+def stop_reason(store: Store, run_id: int, round_: int, cfg: RunConfig) -> str | None:
+    """Why the loop stops after this round, or None: the healed model's headline incoherence
+    rose more than the ceiling above the base's; or, only when the base answers tinymfv's
+    format (coherence >= 0.85, so the number means something), its tinymfv coherence fell
+    below the floor."""
+    healed = store.rows("drift_evals", run_id, round_, stage="healed")
+    base = store.rows("drift_evals", run_id, -1, stage="base")
+    if healed and base and healed[0]["headline"] > base[0]["headline"] + cfg.incoherence_ceiling:
+        return (f"stopped early after round {round_} of {cfg.rounds}: healed incoherence (KL rmse to base on neutral "
+                f"prompts) {healed[0]['headline']:.3f} > base {base[0]['headline']:.3f} + ceiling "
+                f"{cfg.incoherence_ceiling:g}")
+    healed_t = store.rows("evals", run_id, round_, stage="healed")
+    base_t = store.rows("evals", run_id, -1, stage="base")
+    if healed_t and base_t and base_t[0]["coherence"] >= DEGRADED:
+        floor = cfg.coherence_floor if base_t[0]["coherence"] >= cfg.coherence_floor \
+            else cfg.coherence_floor * base_t[0]["coherence"]
+        if healed_t[0]["coherence"] < floor:
+            return (f"stopped early after round {round_} of {cfg.rounds}: healed tinymfv coherence "
+                    f"{healed_t[0]['coherence']:.3f} < floor {floor:.3f}")
+    return None
+
+
+def _generate_and_filter(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, vector: SteeringVector,
+                         gen_cfg: GenerationConfig, say: Progress, should_stop) -> None:
+    store.set_run(run_id, stage=f"round {round_}: generate")
+    prompts = generation_prompts(cfg.pair if cfg.persona_pair().name != "custom" else None)
+    jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
+    say("generate", {"round": round_, "n": len(jobs)})
+    sc = SteerConfig(alpha=1.0, layers=cfg.layers)
+    comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
+                     alphas=[a for _, a in jobs], should_stop=should_stop)
+    crash_point(f"round{round_}:generated")
+    say("filter", {"round": round_})
+    verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
+                                    [c.text for c in comps], gen_cfg.system_prompt, cfg.filters, vector,
+                                    [replace(sc, alpha=a) for _, a in jobs])
+    rows = [dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
+                 n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
+                                              "token_ids": c.token_ids},
+                 auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons)
+            for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
+    store.put("completions", sorted(rows, key=lambda r: r["idx"]))
 
 
 def _round_vector(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, pair, say: Progress) -> SteeringVector:

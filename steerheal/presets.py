@@ -43,3 +43,12 @@ def axis_prompts() -> list[str]:
 
 def probe_prompts() -> list[str]:
     return read_lines(_asset_text("probes.txt"))
+
+
+def generation_prompts(pair: str | None = DEFAULT_PAIR) -> list[str]:
+    """The prompts that generate a pair's training completions: its own pool when one ships
+    (assets/generation_prompts/<pair>.txt), else the care-vs-authority dilemmas."""
+    own = resources.files("steerheal").joinpath("assets", "generation_prompts", f"{pair}.txt")
+    if pair and own.is_file():
+        return read_lines(own.read_text(encoding="utf-8"))
+    return axis_prompts()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from steerheal.config import GenerationConfig, LayerBand, _finite
+from steerheal.config import BUNDLED_MODEL, GenerationConfig, LayerBand, _finite
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv import EvalConfig
 from steerheal.filters import FilterConfig
 from steerheal.heal import MIN_EXAMPLES, HealConfig
-from steerheal.models import check_4bit_possible
+from steerheal.models import BUNDLED_ID, check_4bit_possible
 from steerheal.presets import persona_pair
+
+TINYMFV_MODES = ("auto", "off", "subset", "full")
+SUBSET_ROWS = 36
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,19 @@ class RunConfig:
     max_new_tokens: int = 64
     think_tokens: int = 16
     eval_limit: int | None = None
-    tinymfv: str = "on"  # "off" skips the tinymfv evals (and with them the coherence-floor early stop)
+    # tinymfv: "full" (all rows), "subset" (a stratified subset: eval_limit rows, default 36), "off",
+    # or "auto": off on the bundled model (it cannot answer the format), full on any other.
+    # "on" (older runs) means full.
+    tinymfv: str = "auto"
     data_dir: str | None = None
     curation: str = "auto"  # or "manual": pause after filtering until a person has reviewed
-    coherence_floor: float = 0.95
+    coherence_floor: float = 0.95  # tinymfv early stop, used only when the base model answers its format
+    axis_items: str | None = None  # a JSONL items file (prompt, pos, neg); None: the preset pair's bundled items
+    axis_split: str = "eval"  # which split of the items the run scores (bundled items: dev / eval)
+    axis_limit: int | None = None  # score only the first N items of that split (None: all)
+    drift_tokens: int = 40  # length of each greedy continuation scored for incoherence
+    drift_prompts: int | None = None  # the first N bundled neutral prompts (None: all 40)
+    incoherence_ceiling: float = 2.0  # stop early when healed KL rmse to base exceeds the base's by this (nats)
     contexts: tuple[str, ...] | None = None  # a custom context pool (None: the 80 bundled ones)
     n_contexts: int | None = None  # extract from the first N contexts only (None: all)
     probe_tokens: int = 96
@@ -95,8 +107,20 @@ class RunConfig:
             raise SteerhealError(f"n_contexts must be a positive integer or unset, got {self.n_contexts!r}.")
         if not isinstance(self.probe_tokens, int) or not 1 <= self.probe_tokens <= 4096:
             raise SteerhealError(f"probe_tokens must be an integer in 1..4096, got {self.probe_tokens!r}.")
-        if self.tinymfv not in ("on", "off"):
-            raise SteerhealError(f"Unknown tinymfv setting {self.tinymfv!r}: use on or off.")
+        if self.tinymfv not in TINYMFV_MODES + ("on",):
+            raise SteerhealError(f"Unknown tinymfv setting {self.tinymfv!r}: use {', '.join(TINYMFV_MODES)}.")
+        if self.axis_split not in ("dev", "eval", "all"):
+            raise SteerhealError(f"axis_split must be dev, eval or all, got {self.axis_split!r}.")
+        if self.axis_items is not None and (not isinstance(self.axis_items, str) or not self.axis_items.strip()):
+            raise SteerhealError("axis_items must be the path of a JSONL items file, or unset.")
+        if self.axis_limit is not None and (not isinstance(self.axis_limit, int) or self.axis_limit < 2):
+            raise SteerhealError(f"axis_limit must be at least 2 items or unset, got {self.axis_limit!r}.")
+        if not isinstance(self.drift_tokens, int) or not 2 <= self.drift_tokens <= 2048:
+            raise SteerhealError(f"drift_tokens must be an integer in 2..2048, got {self.drift_tokens!r}.")
+        if self.drift_prompts is not None and (not isinstance(self.drift_prompts, int) or self.drift_prompts < 2):
+            raise SteerhealError(f"drift_prompts must be at least 2 or unset, got {self.drift_prompts!r}.")
+        if not 0 < _finite("incoherence_ceiling", self.incoherence_ceiling):
+            raise SteerhealError("incoherence_ceiling must be > 0 (nats of KL rmse above the base's).")
         if self.curation not in ("auto", "manual"):
             raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
         self.persona_pair()
@@ -105,6 +129,20 @@ class RunConfig:
         self.filters.validate()
         self.heal.validate()
         return self
+
+    def tinymfv_mode(self, model_id: str | None = None) -> str:
+        """off / subset / full for this run ("auto" decided by the model)."""
+        if self.tinymfv == "on":
+            return "full"
+        if self.tinymfv == "auto":
+            return "off" if (model_id or self.model) in (BUNDLED_MODEL, BUNDLED_ID) else "full"
+        return self.tinymfv
+
+    def tinymfv_limit(self, model_id: str | None = None) -> int | None:
+        mode = self.tinymfv_mode(model_id)
+        if mode == "subset":
+            return self.eval_limit or SUBSET_ROWS
+        return self.eval_limit if mode == "full" else None
 
     def persona_pair(self):
         from steerheal.config import PersonaPair

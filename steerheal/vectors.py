@@ -176,3 +176,25 @@ def extract_vector(lm: LoadedModel, pair: PersonaPair, contexts: Sequence[str], 
         "residual_norms": [round(x, 4) for x in mean_norm_pos.tolist()],
     }
     return SteeringVector(directions, meta)
+
+
+def mean_last_token_states(lm: LoadedModel, contexts: Sequence[str], system: str, batch_size: int = 16
+                           ) -> torch.Tensor:
+    """Each block's mean output at the last prompt token over the contexts: (layers, hidden)."""
+    prompts = [chat_prompt(lm.tokenizer, c, system) for c in contexts]
+    return _last_token_states(lm, prompts, batch_size, None, 0, len(prompts)) / len(prompts)
+
+
+def absorption(shift: torch.Tensor, vector: SteeringVector, layers: Sequence[int], alpha: float) -> dict:
+    """How much of the steering a healed model carries without hooks (SCIENCE.md 6b): its mean
+    hidden-state shift from base (`shift`, (layers, hidden)) at the steered layers, as cosine
+    with v and as the projection on v in units of v (`coef`, comparable to alpha), and that
+    projection over this round's alpha (`share_of_alpha`: 1.0 = the whole per-layer push)."""
+    cos, coef = [], []
+    for i in layers:
+        d, v = shift[i].float(), vector.directions[i].float()
+        cos.append(float(torch.nn.functional.cosine_similarity(d, v, dim=0)))
+        coef.append(float(d @ v / (v @ v).clamp_min(1e-12)))
+    mean_cos, mean_coef = sum(cos) / len(cos), sum(coef) / len(coef)
+    return {"cos": mean_cos, "coef": mean_coef, "share_of_alpha": mean_coef / alpha if alpha else float("nan"),
+            "per_layer": {"layers": list(layers), "cos": cos, "coef": coef}, "alpha": alpha}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ def _run_config(args):
     except TypeError as err:
         raise SteerhealError(f"Bad run setting: {err}.") from None
     top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
-                                         "seed", "model", "n_contexts", "probe_tokens", "tinymfv")
+                                         "seed", "model", "n_contexts", "probe_tokens", "tinymfv", "pair",
+                                         "drift_tokens", "drift_prompts", "incoherence_ceiling", "axis_limit")
            if getattr(args, k) is not None}
     if args.random_control:
         top["random_control"] = True
@@ -40,6 +42,11 @@ def _run_config(args):
     heal = {k: getattr(args, k) for k in ("epochs", "agg", "tau", "lam", "ref") if getattr(args, k) is not None}
     if args.data:
         top["data_dir"] = args.data
+    if args.items:
+        from steerheal.evals.axis import load_items
+
+        load_items(args.items)  # a bad file fails here, naming file:line, before anything is stored
+        top["axis_items"] = str(Path(args.items).resolve())
     return replace(cfg, **top, heal=replace(cfg.heal, **heal)).validate()
 
 
@@ -73,10 +80,11 @@ def cmd_run(args) -> int:
         run = run_loop(store, run_id, progress)
     finally:
         bar.close()  # before any error message, so that message is the last line
-    print(f"{'round':>5} {'stage':>9} {'auth_nats':>10} {'care_nats':>10} {'coherence':>10}")
-    for e in store.db["evals"].rows_where("run_id = ?", [run_id], order_by="round, stage"):
-        print(f"{e['round']:>5} {e['stage']:>9} {e['auth_nats']:>10.4f} {e['care_nats']:>10.4f} {e['coherence']:>10.4f}")
-    print(f"status: {run['status']}")
+    from steerheal.cli.science import cmd_summary
+
+    cmd_summary(argparse.Namespace(db=args.db, run_id=run_id, json=False))
+    if run.get("stop_reason"):
+        print(run["stop_reason"])
     return 0
 
 
@@ -84,6 +92,7 @@ def cmd_run(args) -> int:
 def cmd_runs(args) -> int:
     from steerheal.evals.tinymfv_data import demo_data_note
     from steerheal.store import Store
+    from steerheal.summary import run_summary
 
     store = Store(args.db)
     out = []
@@ -91,8 +100,11 @@ def cmd_runs(args) -> int:
         rounds = [r["round"] for r in store.rows("rounds", run["id"]) if r["status"] == "completed"]
         healed = {e["round"]: e for e in store.rows("evals", run["id"], stage="healed")}
         demo = demo_data_note(store.rows("evals", run["id"]))
-        out.append(dict(id=run["id"], status=run["status"], model_id=run["model_id"], stage=run["stage"],
+        summary = run_summary(store, run["id"])
+        out.append(dict(id=run["id"], status=summary["status"], stop_reason=run.get("stop_reason"),
+                        model_id=run["model_id"], stage=run["stage"],
                         rounds_completed=len(rounds), tinymfv_comparable=demo is None,
+                        per_stage=summary["table"], questions=summary["questions"],
                         rounds=[dict(round=r, auth_nats=healed[r]["auth_nats"], coherence=healed[r]["coherence"])
                                 for r in sorted(healed)]))
     if args.json:
@@ -101,8 +113,12 @@ def cmd_runs(args) -> int:
     for r in out:
         last = r["rounds"][-1] if r["rounds"] else None
         tail = f"  last healed auth_nats {last['auth_nats']:.3f} coherence {last['coherence']:.3f}" if last else ""
+        healed = [s for s in r["per_stage"] if s["stage"] == "healed" and s["axis"] is not None]
+        if healed:
+            tail += f"  last healed axis {healed[-1]['axis']:+.3f} incoherence {healed[-1]['incoherence']:.3f}"
         demo = "" if r["tinymfv_comparable"] else "  [demo vignettes: NOT comparable to tinymfv]"
-        print(f"run {r['id']:>3}  {r['status']:<11} rounds {r['rounds_completed']}  {r['stage']}{tail}{demo}")
+        stop = f"  ({r['stop_reason']})" if r["stop_reason"] else ""
+        print(f"run {r['id']:>3}  {r['status']:<11} rounds {r['rounds_completed']}  {r['stage']}{tail}{demo}{stop}")
     return 0
 
 
@@ -190,7 +206,17 @@ def add_parsers(sub) -> None:
                       ("--probe-tokens", int), ("--tau", finite_float),
                       ("--lam", finite_float)):
         p.add_argument(flag, type=typ)
-    p.add_argument("--tinymfv", choices=["on", "off"], help="off: skip the tinymfv evals (and the coherence early stop)")
+    p.add_argument("--tinymfv", choices=["auto", "off", "subset", "full"],
+                   help="tinymfv evals: full (132 rows), subset (--eval-limit rows, default 36, stratified), off; "
+                        "auto (default): off on the bundled model, whose answers it cannot read, full otherwise")
+    p.add_argument("--pair", help="persona preset (care-over-authority, love-humanity)")
+    p.add_argument("--items", type=Path, help="axis items (JSONL: prompt, pos, neg) for a custom pair "
+                                              "(default: the preset's bundled items)")
+    p.add_argument("--axis-limit", type=int, help="score only the first N held-out axis items (default all)")
+    p.add_argument("--drift-tokens", type=int, help="tokens per neutral continuation scored for incoherence (40)")
+    p.add_argument("--drift-prompts", type=int, help="how many of the 40 neutral prompts (default all)")
+    p.add_argument("--incoherence-ceiling", type=finite_float,
+                   help="stop early when healed KL rmse to base exceeds the base's by this many nats (2.0)")
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])
     p.add_argument("--ref", choices=["base", "prev"])
     p.add_argument("--random-control", action="store_true", help="also eval a random vector of the same norms")

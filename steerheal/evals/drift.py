@@ -1,0 +1,139 @@
+"""Offline incoherence: the evaluated model's own text on neutral prompts, scored against the base.
+
+On a fixed set of neutral prompts (bundled, unrelated to any axis, held out from contexts,
+generation prompts and probes), the model under evaluation writes a greedy continuation of
+fixed length (EOS suppressed). On those tokens we score:
+- per-token KL(model || base) over the full vocabulary, aggregated as mean, rmse, p95 and the
+  share of tokens above 1 nat (the usual "crash" line);
+- the base model's NLL of the text minus its NLL of its own greedy continuation of the same
+  prompt (nats per token: how much harder the text is for the base model to read);
+- repetition (the filter's n-gram share).
+The headline is the KL rmse (see HEADLINE): exactly 0 for the base model, and an aggregate
+that, like the heal barrier's, lets a short token loop count instead of averaging it away.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from steerheal.batching import chunks
+from steerheal.config import DEFAULT_SYSTEM_PROMPT, GenerationConfig, SteerConfig
+from steerheal.divergence import aggregate, token_kl
+from steerheal.errors import SteerhealError
+from steerheal.filters import repetition_fraction
+from steerheal.generate import generate
+from steerheal.models import LoadedModel
+from steerheal.presets import _asset_text, read_lines
+from steerheal.scoring import completion_token_logprobs
+from steerheal.stats import mean_interval
+from steerheal.steering import steer
+
+HEADLINE = "kl_rmse"
+CRASH_NATS = 1.0
+METRICS = ("kl_mean", "kl_rmse", "kl_p95", "share_over_1", "nll_excess", "repetition")
+ProgressFn = Callable[[int, int], None]
+BaseView = Callable[[], AbstractContextManager]
+
+
+def drift_prompts() -> list[str]:
+    return read_lines(_asset_text("drift_prompts.txt"))
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    max_new_tokens: int = 40
+    n_prompts: int | None = None  # the first N bundled prompts (None: all)
+    batch_size: int = 16
+
+    def validate(self) -> "DriftConfig":
+        if not isinstance(self.max_new_tokens, int) or not 2 <= self.max_new_tokens <= 2048:
+            raise SteerhealError(f"drift max_new_tokens must be an integer in 2..2048, got {self.max_new_tokens!r}.")
+        if self.n_prompts is not None and (not isinstance(self.n_prompts, int) or self.n_prompts < 2):
+            raise SteerhealError(f"drift n_prompts must be at least 2 or unset, got {self.n_prompts!r}.")
+        return self
+
+    def prompts(self) -> list[str]:
+        return drift_prompts()[: self.n_prompts]
+
+
+@dataclass
+class DriftResult:
+    """Per-prompt metrics (`rows`, in prompt order) and their means with intervals."""
+
+    metrics: dict[str, float]
+    intervals: dict[str, dict]
+    rows: list[dict]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def headline(self) -> float:
+        return self.metrics[HEADLINE]
+
+
+def _continuations(lm: LoadedModel, prompts: Sequence[str], cfg: DriftConfig, system: str, vector, steer_cfg,
+                   should_stop) -> list[list[int]]:
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.max_new_tokens, greedy=True,
+                           batch_size=cfg.batch_size, system_prompt=system)
+    return [c.token_ids for c in generate(lm, prompts, gen, vector, steer_cfg, should_stop=should_stop)]
+
+
+def base_reference_nll(base_lm: LoadedModel, prompts: Sequence[str], cfg: DriftConfig,
+                       base_view: BaseView = nullcontext, should_stop=None) -> list[float]:
+    """The base model's per-token NLL of its own greedy continuation of each prompt."""
+    with base_view():
+        ids = _continuations(base_lm, prompts, cfg, DEFAULT_SYSTEM_PROMPT, None, None, should_stop)
+        lps = completion_token_logprobs(base_lm, prompts, ids, DEFAULT_SYSTEM_PROMPT, batch_size=cfg.batch_size)
+    return [float(-lp.mean()) for lp in lps]
+
+
+def evaluate_drift(lm: LoadedModel, cfg: DriftConfig | None = None, *, stage: str = "base",
+                   base_view: BaseView = nullcontext, base_lm: LoadedModel | None = None, base_nll: Sequence[float] | None = None,
+                   vector=None, steer_cfg: SteerConfig | None = None, persona_prompt: str | None = None,
+                   progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> DriftResult:
+    """Score `lm` as it stands (with steering or a persona if given) against the base model:
+    `base_lm` (default `lm`) inside `base_view()` (e.g. `lm` with its adapters disabled).
+    `base_nll` (the base's NLL of its own continuations) is computed when not given."""
+    cfg = (cfg or DriftConfig()).validate()
+    if (vector is None) != (steer_cfg is None):
+        raise SteerhealError("A steered drift eval needs both a vector and an alpha.")
+    prompts = cfg.prompts()
+    t0 = time.time()
+    base_lm = base_lm or lm
+    if base_nll is None:
+        base_nll = base_reference_nll(base_lm, prompts, cfg, base_view, should_stop)
+    system = persona_prompt or DEFAULT_SYSTEM_PROMPT
+    steering = (lambda: steer(lm, vector, steer_cfg)) if vector is not None else nullcontext
+    with steering():
+        ids = _continuations(lm, prompts, cfg, system, vector=None, steer_cfg=None, should_stop=should_stop)
+    rows: list[dict] = []
+    batches = list(chunks(list(range(len(prompts))), cfg.batch_size))
+    for done, idx in enumerate(batches, start=1):
+        if should_stop is not None and should_stop():
+            raise InterruptedError("cancelled")
+        batch_prompts, batch_ids = [prompts[i] for i in idx], [ids[i] for i in idx]
+        with steering():
+            model_lp = completion_token_logprobs(lm, batch_prompts, batch_ids, system, batch_size=cfg.batch_size,
+                                                 full=True)
+        with base_view():
+            base_lp = completion_token_logprobs(base_lm, batch_prompts, batch_ids, DEFAULT_SYSTEM_PROMPT,
+                                                batch_size=cfg.batch_size, full=True)
+        for i, m_lp, b_lp in zip(idx, model_lp, base_lp):
+            kl = token_kl(m_lp, b_lp).clamp_min(0.0)
+            chosen = b_lp.gather(-1, torch.tensor(ids[i])[:, None]).squeeze(-1)
+            text = lm.tokenizer.decode(ids[i], skip_special_tokens=True)
+            rows.append(dict(prompt=prompts[i], text=text, n_tokens=len(ids[i]),
+                             kl_mean=float(aggregate(kl, "mean")), kl_rmse=float(aggregate(kl, "rmse")),
+                             kl_p95=float(aggregate(kl, "p95")), share_over_1=float((kl > CRASH_NATS).float().mean()),
+                             nll_excess=float(-chosen.mean()) - base_nll[i], repetition=repetition_fraction(text)))
+        if progress is not None:
+            progress(done, len(batches))
+    intervals = {m: mean_interval([r[m] for r in rows]).to_dict() for m in METRICS}
+    meta = {"stage": stage, "model_id": lm.model_id, "seconds": round(time.time() - t0, 2), "headline": HEADLINE,
+            "max_new_tokens": cfg.max_new_tokens, "n_prompts": len(prompts), "persona_prompt": persona_prompt,
+            "steer": None if steer_cfg is None else asdict(steer_cfg), "base_nll": list(base_nll)}
+    return DriftResult(metrics={m: intervals[m]["value"] for m in METRICS}, intervals=intervals, rows=rows, meta=meta)
