@@ -9,9 +9,16 @@ two evals of all 132 rows at T = 128. `--random-gemma3 4b` builds Gemma3ForCondi
 with gemma-3-4b-it's shapes (34 layers, width 2560, vocab 262k) and random bf16 weights, so the
 timing needs no download; `tiny` is a CPU smoke test of the same path.
 
-Phases: extract (vector), generate, filter, heal, bake (save adapter + fold), eval (steered
-and healed), probes. Prints seconds and tokens per second per phase, the total, peak RSS,
-and on a GPU the ratio to the ~40 minutes per round of the published research code.
+Phases: extract (vector), generate, filter, heal, bake (save adapter + fold), eval (tinymfv,
+steered and healed), axis (the axis eval on the held-out items, steered and healed), drift (the
+offline incoherence, steered and healed), absorb, probes. Prints seconds and tokens per second
+per phase, the total, peak RSS, and on a GPU the ratio to the ~40 minutes per round of the
+published research code.
+
+Issue 17's ratios, all from this one run: the axis eval and the offline incoherence each against
+one 132-row tinymfv eval at T = 16 (targets <= 0.2 and <= 0.3), and today's default CPU round
+(tinymfv off, the new instruments on) against the round before issue 17 (two tinymfv evals, no
+instruments; target <= 0.6).
 
 On CPU it then times the reference-style tinymfv eval (bench/reference_eval.py: all 132 rows,
 T = 16, batch 8) in the same process, because absolute seconds depend on the host: issue 4's
@@ -44,6 +51,10 @@ from steerheal.generate import generate  # noqa: E402
 from steerheal.heal import HealConfig, TrainExample, heal  # noqa: E402
 from steerheal.models import load_model  # noqa: E402
 from steerheal.presets import axis_prompts, default_contexts, persona_pair  # noqa: E402
+from steerheal.config import DEFAULT_SYSTEM_PROMPT, LayerBand  # noqa: E402
+from steerheal.evals.axis import bundled_items, evaluate_axis, select  # noqa: E402
+from steerheal.evals.drift import DriftConfig, base_reference_nll, evaluate_drift  # noqa: E402
+from steerheal.vectors import absorption, mean_last_token_states  # noqa: E402
 from steerheal.vectors import extract_vector  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -167,6 +178,25 @@ def main() -> None:
     timed("eval", lambda: (evaluate(lm, data, ecfg, stage="steered", vector=vector, steer_cfg=steer_cfg),
                            evaluate(lm, data, ecfg, stage="healed")),
           tokens=lambda out: sum(r.metrics["n_rows"] for r in out))
+    items = select(bundled_items("care-over-authority"), "eval")
+    timed("axis", lambda: (evaluate_axis(lm, items, stage="steered", vector=vector, steer_cfg=steer_cfg),
+                           evaluate_axis(lm, items, stage="healed")))
+    dcfg = DriftConfig()
+    with bake.base_view(lm):  # once per run in the loop (the base stage), not per round
+        base_nll = base_reference_nll(lm, dcfg.prompts(), dcfg)
+    timed("drift", lambda: (evaluate_drift(lm, dcfg, stage="steered", base_view=lambda: bake.base_view(lm),
+                                           base_nll=base_nll, vector=vector, steer_cfg=steer_cfg),
+                            evaluate_drift(lm, dcfg, stage="healed", base_view=lambda: bake.base_view(lm),
+                                           base_nll=base_nll)))
+
+    def absorb():
+        contexts = default_contexts()[:32]
+        healed = mean_last_token_states(lm, contexts, DEFAULT_SYSTEM_PROMPT)
+        with bake.base_view(lm):
+            base = mean_last_token_states(lm, contexts, DEFAULT_SYSTEM_PROMPT)
+        return absorption(healed - base, vector, LayerBand(steer_cfg.layers).resolve(lm.n_layers), steer_cfg.alpha)
+
+    timed("absorb", absorb)
     timed("probes", lambda: answer_probes(lm), tokens=lambda out: sum(p.n_tokens for p in out))
 
     total = sum(t for _, t, _ in timings)
@@ -179,6 +209,14 @@ def main() -> None:
         rate = f"{tokens / secs:8.1f} {unit}" if tokens else ""
         print(f"{name:<9} {secs:8.1f} {secs / total:6.1%}  {rate}")
     print(f"{'total':<9} {total:8.1f}   ({total / 60:.2f} min)   peak RSS {peak_rss_gb():.2f} GB")
+    secs = {name: t for name, t, _ in timings}
+    new = ("axis", "drift", "absorb")
+    before = total - sum(secs[k] for k in new)  # the round before issue 17: tinymfv evals, no instruments
+    now = total - secs["eval"]  # today's CPU default: tinymfv off (auto on the bundled model), instruments on
+    one_eval = secs["eval"] / 2
+    print(f"\nissue 17 ratios (one run): axis eval / tinymfv eval = {secs['axis'] / 2 / one_eval:.2f} (<= 0.2); "
+          f"offline incoherence / tinymfv eval = {secs['drift'] / 2 / one_eval:.2f} (<= 0.3); "
+          f"default round now / before = {now:.0f} s / {before:.0f} s = {now / before:.2f} (<= 0.6)")
     if not args.no_calibrate and lm.device.type == "cpu" and not args.random_gemma3:
         if data.comparable and len(data.rows) == 132:
             t0 = time.perf_counter()

@@ -17,33 +17,18 @@ import torch
 
 from steerheal import bake
 from steerheal.config import DEFAULT_SYSTEM_PROMPT, LayerBand, ModelSpec, SteerConfig
-from steerheal.evals.axis import AxisItem, bundled_items, check_no_overlap, has_bundled_items, load_items, select
 from steerheal.evals.drift import DriftConfig, evaluate_drift
 from steerheal.evals.tinymfv import EvalConfig, evaluate
 from steerheal.evals.tinymfv_data import load_vignettes
 from steerheal.faults import crash_point
 from steerheal.models import LoadedModel, load_model
-from steerheal.presets import default_contexts, generation_prompts
+from steerheal.presets import default_contexts
 from steerheal.run_config import RunConfig
 from steerheal.store import Store
 from steerheal.vectors import SteeringVector, absorption, mean_last_token_states
 
 Progress = Callable[[str, dict], None]
 ABSORPTION_CONTEXTS = 32
-
-
-def run_items(cfg: RunConfig) -> list[AxisItem] | None:
-    """The axis items a run scores with (its split), checked against its generation prompts;
-    None when the pair has no items (a custom pair without an items file)."""
-    if cfg.axis_items:
-        items = load_items(cfg.axis_items)
-    elif cfg.persona_pair().name != "custom" and has_bundled_items(cfg.pair):
-        items = bundled_items(cfg.pair)
-    else:
-        return None
-    chosen = select(items, cfg.axis_split) if any(i.split == cfg.axis_split for i in items) else items
-    check_no_overlap(chosen, generation_prompts(cfg.pair if cfg.persona_pair().name != "custom" else None))
-    return chosen[: cfg.axis_limit]
 
 
 def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
@@ -65,7 +50,7 @@ class Instruments:
         self.data = load_vignettes(data_dir=cfg.data_dir) if self.tinymfv else None
         limit = cfg.tinymfv_limit(lm.model_id)
         self.eval_cfg = EvalConfig(think_tokens=cfg.think_tokens, limit=limit, subset_seed=cfg.seed)
-        self.items = run_items(cfg)
+        self.items = cfg.axis_items_for_run()
         self.drift_cfg = DriftConfig(max_new_tokens=cfg.drift_tokens, n_prompts=cfg.drift_prompts)
         self._base_copy: LoadedModel | None = None
 

@@ -124,6 +124,8 @@ class RunConfig:
         if self.curation not in ("auto", "manual"):
             raise SteerhealError(f"Unknown curation {self.curation!r}: use auto or manual.")
         self.persona_pair()
+        if self.axis_items:
+            self.axis_items_for_run()  # a bad file fails before anything is stored, naming file:line
         GenerationConfig(max_new_tokens=self.max_new_tokens).validate()
         EvalConfig(think_tokens=self.think_tokens, limit=self.eval_limit).validate()
         self.filters.validate()
@@ -143,6 +145,23 @@ class RunConfig:
         if mode == "subset":
             return self.eval_limit or SUBSET_ROWS
         return self.eval_limit if mode == "full" else None
+
+    def axis_items_for_run(self):
+        """The axis items this run scores (its split, at most axis_limit), checked against its
+        generation prompts; None when the pair has no items (a custom pair without a file)."""
+        from steerheal.evals.axis import bundled_items, check_no_overlap, has_bundled_items, load_items, select
+        from steerheal.presets import generation_prompts
+
+        preset = self.persona_pair().name != "custom"
+        if self.axis_items:
+            items = load_items(self.axis_items)
+        elif preset and has_bundled_items(self.pair):
+            items = bundled_items(self.pair)
+        else:
+            return None
+        chosen = select(items, self.axis_split) if any(i.split == self.axis_split for i in items) else items
+        check_no_overlap(chosen, generation_prompts(self.pair if preset else None))
+        return chosen[: self.axis_limit]
 
     def persona_pair(self):
         from steerheal.config import PersonaPair

@@ -44,6 +44,12 @@ def pytest_collection_modifyitems(items):
     items.sort(key=weight)  # stable: tests keep their order within a file
 
 
+# The instruments at their smallest (4 axis items, 2 neutral prompts of 4 tokens): tiny runs
+# still measure every stage with each, in seconds. As run settings, a run.toml block, CLI flags.
+TINY_INSTRUMENTS = dict(axis_limit=4, drift_prompts=2, drift_tokens=4)
+TINY_INSTRUMENTS_TOML = "".join(f"{k} = {v}\n" for k, v in TINY_INSTRUMENTS.items())
+TINY_INSTRUMENT_FLAGS = [x for k, v in TINY_INSTRUMENTS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
 # Filters that keep every completion, as a run.toml table: tiny runs whose purpose is not the
 # filters then always have enough kept completions to train on.
 KEEP_ALL_FILTERS_TOML = """
@@ -62,8 +68,8 @@ def tiny_run_config(**overrides):
     from steerheal.heal import HealConfig
     from steerheal.loop import RunConfig
 
-    tiny = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=1, eval_limit=3,
-                     data_dir=TINYMFV_DATA, n_contexts=8, probe_tokens=8,
+    tiny = RunConfig(rounds=1, n_completions=6, max_new_tokens=20, think_tokens=1, eval_limit=3, tinymfv="subset",
+                     data_dir=TINYMFV_DATA, n_contexts=8, probe_tokens=8, **TINY_INSTRUMENTS,
                      heal=HealConfig(rank=8, lora_alpha=16, epochs=1))
     return replace(tiny, **overrides)
 

@@ -43,10 +43,7 @@ def _run_config(args):
     if args.data:
         top["data_dir"] = args.data
     if args.items:
-        from steerheal.evals.axis import load_items
-
-        load_items(args.items)  # a bad file fails here, naming file:line, before anything is stored
-        top["axis_items"] = str(Path(args.items).resolve())
+        top["axis_items"] = str(Path(args.items).resolve())  # checked by validate(), naming file:line
     return replace(cfg, **top, heal=replace(cfg.heal, **heal)).validate()
 
 

@@ -13,11 +13,12 @@ import pytest
 
 from steerheal import jobs
 from steerheal.store import Store
-from tests.conftest import KEEP_ALL_FILTERS_TOML, TINYMFV_DATA, run_cli
+from tests.conftest import KEEP_ALL_FILTERS_TOML, TINY_INSTRUMENTS_TOML, TINYMFV_DATA, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 # Every completion kept, so the one round always has enough to train on.
 TINY_RUN = """
+tinymfv = "subset"
 rounds = 1
 n_completions = 4
 max_new_tokens = 8
@@ -25,6 +26,7 @@ eval_limit = 1
 think_tokens = 1
 n_contexts = 2
 probe_tokens = 2
+""" + TINY_INSTRUMENTS_TOML + """
 [heal]
 epochs = 1
 rank = 4

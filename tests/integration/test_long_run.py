@@ -15,7 +15,7 @@ from steerheal.filters import FilterConfig
 from steerheal.heal import HealConfig
 from steerheal.loop import RunConfig, run_loop, start_run
 from steerheal.store import Store
-from tests.conftest import TINYMFV_DATA
+from tests.conftest import TINY_INSTRUMENTS, TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
 ROUNDS = 20
@@ -29,7 +29,7 @@ def test_twenty_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
     # heal with its train logs, a saved adapter, probe answers); the tinymfv evals, which store
     # nothing that grows, are off (their own memory is the eval's business, not the loop's).
     cfg = RunConfig(rounds=ROUNDS, n_completions=4, max_new_tokens=4, filters=KEEP_ALL, tinymfv="off",
-                    n_contexts=1, probe_tokens=1, data_dir=TINYMFV_DATA,
+                    n_contexts=1, probe_tokens=1, data_dir=TINYMFV_DATA, **TINY_INSTRUMENTS,
                     heal=HealConfig(rank=8, lora_alpha=16, epochs=1, ref="prev"))
     run_id = start_run(store, cfg)
     assert run_loop(store, run_id)["status"] == "completed"

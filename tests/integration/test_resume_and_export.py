@@ -18,12 +18,13 @@ import torch
 
 from steerheal.faults import CRASH_ENV
 from steerheal.store import Store
-from tests.conftest import KEEP_ALL_FILTERS_TOML, TINYMFV_DATA
+from tests.conftest import KEEP_ALL_FILTERS_TOML, TINY_INSTRUMENTS_TOML, TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
 # Tiny settings, every completion kept (so each round trains on all four: the filters are not
 # what this tests), two epochs so that round 0 has a heal step 2 to die in.
 RUN_TOML = """
+tinymfv = "subset"
 rounds = 2
 n_completions = 4
 max_new_tokens = 8
@@ -31,6 +32,7 @@ eval_limit = 1
 think_tokens = 1
 n_contexts = 2
 probe_tokens = 2
+""" + TINY_INSTRUMENTS_TOML + """
 [heal]
 epochs = 2
 """ + KEEP_ALL_FILTERS_TOML
@@ -41,9 +43,11 @@ CRASH_POINTS = [
     ("round0:heal-step2", "training: after heal step 2 of round 0"),
     ("artifact-written:adapter", "baking: adapter written under a temporary name"),
     ("artifact-renamed:adapter", "baking: adapter renamed into place, not yet recorded"),
+    ("round0:drift-healed", "incoherence: round 0's healed model scored, not yet stored"),
     ("round1:eval-steered", "eval: first batch of round 1's steered eval"),
 ]
-TABLES = ("rounds", "vectors", "completions", "evals", "probes", "train_logs", "artifacts")
+TABLES = ("rounds", "vectors", "completions", "evals", "axis_evals", "drift_evals", "absorption", "probes",
+          "train_logs", "artifacts")
 
 
 def _cli(*args, env=None, **kw):
@@ -90,6 +94,9 @@ def _contents(store: Store, run_id: int) -> dict:
     keep = {"rounds": ("round", "status"), "vectors": ("round", "norms", "cos_v0"),
             "completions": ("round", "idx", "prompt", "alpha", "text", "auto_verdict", "reasons"),
             "evals": ("round", "stage", "auth_nats", "care_nats", "coherence", "top1_acc"),
+            "axis_evals": ("round", "stage", "mean", "ci_low", "ci_high", "n", "scores"),
+            "drift_evals": ("round", "stage", "headline", "kl_mean", "nll_excess", "rows"),
+            "absorption": ("round", "cos", "coef"),
             "probes": ("round", "prompt", "answer"), "train_logs": ("round", "step", "loss", "nll", "divergence"),
             "artifacts": ("round", "kind")}
     out = {}

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from steerheal.store import Store
+from tests.conftest import TINY_INSTRUMENT_FLAGS
 
 pytestmark = pytest.mark.integration
 # One round that trains and saves a 12 MB adapter; no tinymfv evals (storage is what this tests).
 ONE_ROUND = ["--rounds", "1", "--n-completions", "4", "--max-new-tokens", "12", "--epochs", "1", "--tinymfv", "off",
-             "--n-contexts", "4", "--probe-tokens", "4"]
+             "--n-contexts", "4", "--probe-tokens", "4", *TINY_INSTRUMENT_FLAGS]
 CLI = [sys.executable, "-m", "steerheal.cli"]
 
 
