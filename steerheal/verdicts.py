@@ -17,13 +17,14 @@ from steerheal.heal import MIN_EXAMPLES
 from steerheal.stats import Interval, difference_of_means, mean_interval, paired_difference, ratio_of_means, trend
 from steerheal.store import Store
 
+MIN_GROUP = 3  # completions on each side (kept, dropped) before Q0 compares them
 SLOPE_TOLERANCE = 0.1  # nats of KL rmse per round: the drift Q2 tolerates (10 rounds -> +1 nat)
 YES, NO, UNCLEAR = "yes", "no", "unclear"
 
 RULES = {
     "Q0": f"yes if every round kept >= {MIN_EXAMPLES} completions (enough to heal) and the dropped completions' "
-          "steered KL rmse exceeds the kept ones' (interval of dropped - kept above 0); no if a round kept fewer "
-          "or the interval is below 0; else unclear (also when nothing was dropped).",
+          f"steered KL rmse exceeds the kept ones' (interval of dropped - kept above 0); no if a round kept fewer "
+          f"or the interval is below 0; else unclear (also when fewer than {MIN_GROUP} were dropped).",
     "Q1": "yes if steered - healed headline incoherence, paired over the neutral prompts and pooled over rounds, "
           "has its interval above 0; no if below 0; else unclear.",
     "Q2": f"yes if the slope of healed incoherence over rounds has its interval below {SLOPE_TOLERANCE} nats per "
@@ -93,8 +94,9 @@ def q0_filter(completions: list[dict]) -> Answer:
     short = [r for r, k in kept_per_round.items() if k < MIN_EXAMPLES]
     if short:
         return Answer("Q0", question, NO, f"round(s) {short} kept fewer than {MIN_EXAMPLES} completions", figures)
-    if not dropped:
-        return Answer("Q0", question, UNCLEAR, "the filter dropped nothing, so it made no choice to judge", figures)
+    if len(dropped) < MIN_GROUP:
+        return Answer("Q0", question, UNCLEAR, f"the filter dropped {len(dropped)} of {len(completions)}: too few "
+                                               f"to compare (needs {MIN_GROUP})", figures)
     verdict = _side_verdict(diff)
     because = (f"kept {share.value:.0%} of {len(completions)}; steered KL rmse dropped - kept {_fmt(diff)}")
     return Answer("Q0", question, verdict, because, figures)

@@ -102,3 +102,18 @@ def finite_float_or_error(text: str) -> float:
         return finite_float(text)
     except argparse.ArgumentTypeError as err:
         raise SteerhealError(f"--alpha {err}: give a finite number such as 1.5 or -2.") from None
+
+
+def stage_from_args(args, lm, vector) -> tuple:
+    """(steer config, persona prompt, stage name) an eval command measures: steered with
+    --vector/--alpha, prompted with --persona-prompt (the pair's positive persona), else base."""
+    from steerheal.config import LayerBand, SteerConfig, persona_system_prompt
+    from steerheal.presets import persona_pair
+
+    steer_cfg, persona, stage = None, None, "base"
+    if vector is not None:
+        LayerBand(args.layers).resolve(lm.n_layers)
+        steer_cfg, stage = SteerConfig(alpha=args.alpha, layers=args.layers), "steered"
+    if args.persona_prompt:
+        persona, stage = persona_system_prompt(persona_pair(args.pair).pos), "prompted"
+    return steer_cfg, persona, stage

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from steerheal.cli.common import (command, extract_with_progress, finite_float, finite_float_or_error, load_from_args,
-                                  model_args, pair_and_contexts, persona_args)
+                                  model_args, pair_and_contexts, persona_args, stage_from_args)
 from steerheal.errors import SteerhealError
 
 
@@ -72,10 +72,8 @@ def cmd_prepare(args) -> int:
 
 @command("eval")
 def cmd_eval(args) -> int:
-    from steerheal.config import LayerBand, SteerConfig, persona_system_prompt
     from steerheal.evals.tinymfv import EvalConfig, evaluate
     from steerheal.evals.tinymfv_data import load_vignettes
-    from steerheal.presets import persona_pair
     from steerheal.progress import tqdm_progress
     from steerheal.vectors import SteeringVector
 
@@ -89,12 +87,7 @@ def cmd_eval(args) -> int:
         raise SteerhealError(f"--limit {cfg.limit} is larger than the data ({len(data.rows)} rows).")
     vector = SteeringVector.load(args.vector) if args.vector else None
     lm = load_from_args(args)
-    steer_cfg, persona, stage = None, None, "base"
-    if vector is not None:
-        LayerBand(args.layers).resolve(lm.n_layers)
-        steer_cfg, stage = SteerConfig(alpha=args.alpha, layers=args.layers), "steered"
-    if args.persona_prompt:
-        persona, stage = persona_system_prompt(persona_pair(args.pair).pos), "prompted"
+    steer_cfg, persona, stage = stage_from_args(args, lm, vector)
     with tqdm_progress(f"tinymfv {cfg.config}/{cfg.condition} T={cfg.think_tokens}", unit="row") as progress:
         result = evaluate(lm, data, cfg, stage=stage, vector=vector, steer_cfg=steer_cfg, persona_prompt=persona,
                           progress=progress)

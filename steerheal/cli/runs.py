@@ -80,8 +80,9 @@ def cmd_run(args) -> int:
     from steerheal.cli.science import cmd_summary
 
     cmd_summary(argparse.Namespace(db=args.db, run_id=run_id, json=False))
-    if run.get("stop_reason"):
-        print(run["stop_reason"])
+    from steerheal.summary import outcome
+
+    print(f"status: {outcome(run)}" + (f" ({run['stop_reason']})" if run.get("stop_reason") else ""))
     return 0
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steerheal.cli.common import command, finite_float, load_from_args, model_args
+from steerheal.cli.common import command, finite_float, load_from_args, model_args, stage_from_args
 from steerheal.errors import SteerhealError
 
 
 @command("axis")
 def cmd_axis(args) -> int:
-    from steerheal.config import LayerBand, SteerConfig, persona_system_prompt
     from steerheal.evals.axis import bundled_items, check_no_overlap, evaluate_axis, load_items, select
     from steerheal.presets import generation_prompts, persona_pair
     from steerheal.progress import tqdm_progress
@@ -19,6 +18,8 @@ def cmd_axis(args) -> int:
 
     if (args.vector is None) != (args.alpha is None):
         raise SteerhealError("A steered axis eval needs both --vector FILE and --alpha A.")
+    if args.limit is not None and args.limit < 2:
+        raise SteerhealError(f"--limit {args.limit}: score at least 2 items (an interval needs them).")
     if args.items:
         items = load_items(args.items)
         check_no_overlap(items, generation_prompts(None))
@@ -28,17 +29,12 @@ def cmd_axis(args) -> int:
         items = bundled_items(args.pair)
         check_no_overlap(items, generation_prompts(args.pair))
         source = f"bundled {args.pair}"
-    items = select(items, None if args.split == "all" else args.split)
+    items = select(items, None if args.split == "all" else args.split)[: args.limit]
     if args.vector is not None and not args.vector.is_file():
         raise SteerhealError(f"Vector file {str(args.vector)!r} does not exist.")
     vector = SteeringVector.load(args.vector) if args.vector else None
     lm = load_from_args(args)
-    steer_cfg, persona, stage = None, None, "base"
-    if vector is not None:
-        LayerBand(args.layers).resolve(lm.n_layers)
-        steer_cfg, stage = SteerConfig(alpha=args.alpha, layers=args.layers), "steered"
-    if args.persona_prompt:
-        persona, stage = persona_system_prompt(persona_pair(args.pair).pos), "prompted"
+    steer_cfg, persona, stage = stage_from_args(args, lm, vector)
     with tqdm_progress(f"axis eval ({len(items)} items)", unit="item") as progress:
         result = evaluate_axis(lm, items, stage=stage, vector=vector, steer_cfg=steer_cfg, persona_prompt=persona,
                                progress=progress)
@@ -84,6 +80,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--pair", default="care-over-authority", help="the preset whose bundled items to use "
                                                                  "(care-over-authority, love-humanity)")
     p.add_argument("--split", default="eval", choices=["eval", "dev", "all"], help="which items (default: held-out eval)")
+    p.add_argument("--limit", type=int, help="score only the first N items of the split")
     p.add_argument("--vector", type=Path, help="score steered with this vector (needs --alpha)")
     p.add_argument("--alpha", type=finite_float, help="steering strength for --vector")
     p.add_argument("--layers", default="0.45-0.55")

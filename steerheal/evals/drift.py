@@ -21,13 +21,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from steerheal.batching import chunks
-from steerheal.config import DEFAULT_SYSTEM_PROMPT, GenerationConfig, SteerConfig
+from transformers import DynamicCache
+
+from steerheal.batching import chunks, pad_rows, position_ids_for
+from steerheal.chat import chat_prompt
+from steerheal.config import DEFAULT_SYSTEM_PROMPT, SteerConfig
 from steerheal.divergence import aggregate, token_kl
 from steerheal.errors import SteerhealError
 from steerheal.filters import repetition_fraction
-from steerheal.generate import generate
-from steerheal.models import LoadedModel
+from steerheal.evals.tinymfv import eos_ids
+from steerheal.models import LoadedModel, final_hidden, project_logits, unwrapped_model
 from steerheal.presets import _asset_text, read_lines
 from steerheal.scoring import completion_token_logprobs
 from steerheal.stats import mean_interval
@@ -75,20 +78,46 @@ class DriftResult:
         return self.metrics[HEADLINE]
 
 
-def _continuations(lm: LoadedModel, prompts: Sequence[str], cfg: DriftConfig, system: str, vector, steer_cfg,
-                   should_stop) -> list[list[int]]:
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.max_new_tokens, greedy=True,
-                           batch_size=cfg.batch_size, system_prompt=system)
-    return [c.token_ids for c in generate(lm, prompts, gen, vector, steer_cfg, should_stop=should_stop)]
+def greedy_with_logprobs(lm: LoadedModel, prompts: Sequence[str], system: str, n_tokens: int,
+                         should_stop: Callable[[], bool] | None = None) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy continuations of exactly n_tokens (EOS never chosen), with the model's full
+    log-softmax at each step: (ids per prompt, (batch, n_tokens, V)). The distribution is read
+    while decoding, so scoring the model's own text needs no second pass."""
+    tok = lm.tokenizer
+    rows = [tok(chat_prompt(tok, p, system), add_special_tokens=False).input_ids for p in prompts]
+    ids, mask = pad_rows(rows, tok.pad_token_id, lm.device, side="left")
+    positions = position_ids_for(mask)
+    cache = DynamicCache(config=unwrapped_model(lm).config)
+    banned = torch.tensor(eos_ids(lm), device=lm.device)
+    out_ids, out_lp = [], []
+    with torch.inference_mode():
+        hidden = final_hidden(lm, ids, mask, positions, past_key_values=cache, use_cache=True)
+        for step in range(n_tokens):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("cancelled")
+            logp = torch.log_softmax(project_logits(lm, hidden[:, -1, :].contiguous()).float(), dim=-1)
+            choice = logp.index_fill(-1, banned, -float("inf")).argmax(-1)
+            out_ids.append(choice)
+            out_lp.append(logp.cpu())
+            if step + 1 == n_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            hidden = final_hidden(lm, choice[:, None], mask, positions, past_key_values=cache, use_cache=True)
+    chosen = torch.stack(out_ids, dim=1).tolist()
+    return chosen, torch.stack(out_lp, dim=1)
 
 
 def base_reference_nll(base_lm: LoadedModel, prompts: Sequence[str], cfg: DriftConfig,
                        base_view: BaseView = nullcontext, should_stop=None) -> list[float]:
     """The base model's per-token NLL of its own greedy continuation of each prompt."""
+    out: list[float] = []
     with base_view():
-        ids = _continuations(base_lm, prompts, cfg, DEFAULT_SYSTEM_PROMPT, None, None, should_stop)
-        lps = completion_token_logprobs(base_lm, prompts, ids, DEFAULT_SYSTEM_PROMPT, batch_size=cfg.batch_size)
-    return [float(-lp.mean()) for lp in lps]
+        for batch in chunks(list(prompts), cfg.batch_size):
+            ids, logp = greedy_with_logprobs(base_lm, batch, DEFAULT_SYSTEM_PROMPT, cfg.max_new_tokens, should_stop)
+            chosen = logp.gather(-1, torch.tensor(ids)[:, :, None]).squeeze(-1)
+            out.extend(float(-row.mean()) for row in chosen)
+    return out
 
 
 def evaluate_drift(lm: LoadedModel, cfg: DriftConfig | None = None, *, stage: str = "base",
@@ -108,25 +137,20 @@ def evaluate_drift(lm: LoadedModel, cfg: DriftConfig | None = None, *, stage: st
         base_nll = base_reference_nll(base_lm, prompts, cfg, base_view, should_stop)
     system = persona_prompt or DEFAULT_SYSTEM_PROMPT
     steering = (lambda: steer(lm, vector, steer_cfg)) if vector is not None else nullcontext
-    with steering():
-        ids = _continuations(lm, prompts, cfg, system, vector=None, steer_cfg=None, should_stop=should_stop)
     rows: list[dict] = []
     batches = list(chunks(list(range(len(prompts))), cfg.batch_size))
     for done, idx in enumerate(batches, start=1):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("cancelled")
-        batch_prompts, batch_ids = [prompts[i] for i in idx], [ids[i] for i in idx]
+        batch_prompts = [prompts[i] for i in idx]
         with steering():
-            model_lp = completion_token_logprobs(lm, batch_prompts, batch_ids, system, batch_size=cfg.batch_size,
-                                                 full=True)
+            batch_ids, model_lp = greedy_with_logprobs(lm, batch_prompts, system, cfg.max_new_tokens, should_stop)
         with base_view():
             base_lp = completion_token_logprobs(base_lm, batch_prompts, batch_ids, DEFAULT_SYSTEM_PROMPT,
                                                 batch_size=cfg.batch_size, full=True)
-        for i, m_lp, b_lp in zip(idx, model_lp, base_lp):
-            kl = token_kl(m_lp, b_lp).clamp_min(0.0)
-            chosen = b_lp.gather(-1, torch.tensor(ids[i])[:, None]).squeeze(-1)
-            text = lm.tokenizer.decode(ids[i], skip_special_tokens=True)
-            rows.append(dict(prompt=prompts[i], text=text, n_tokens=len(ids[i]),
+        for k, (i, ids_i, b_lp) in enumerate(zip(idx, batch_ids, base_lp)):
+            kl = token_kl(model_lp[k], b_lp).clamp_min(0.0)
+            chosen = b_lp.gather(-1, torch.tensor(ids_i)[:, None]).squeeze(-1)
+            text = lm.tokenizer.decode(ids_i, skip_special_tokens=True)
+            rows.append(dict(prompt=prompts[i], text=text, n_tokens=len(ids_i),
                              kl_mean=float(aggregate(kl, "mean")), kl_rmse=float(aggregate(kl, "rmse")),
                              kl_p95=float(aggregate(kl, "p95")), share_over_1=float((kl > CRASH_NATS).float().mean()),
                              nll_excess=float(-chosen.mean()) - base_nll[i], repetition=repetition_fraction(text)))

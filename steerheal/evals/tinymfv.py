@@ -184,7 +184,7 @@ class _Sequence:
     reference_pad: int = 0  # left padding this frame had in the reference's batch
 
 
-def _eos_ids(lm: LoadedModel) -> list[int]:
+def eos_ids(lm: LoadedModel) -> list[int]:
     ids = set()
     for source in (lm.tokenizer.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None)):
         if isinstance(source, int):
@@ -357,7 +357,7 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
     option_t = torch.tensor(option_ids, device=lm.device)
     end_of_turn, opened = turn_markers(tok)
     suffix_ids = tok(THINK_CLOSE + end_of_turn + opened + PREFILL, add_special_tokens=False).input_ids
-    eos_ids = _eos_ids(lm)
+    eos = eos_ids(lm)
     closed_marker = end_of_turn.strip()
     seqs = []
     for i, row in enumerate(rows):
@@ -376,7 +376,7 @@ def forced_choice(lm: LoadedModel, rows: Sequence[Vignette], think_tokens: int, 
                for group in _even_batches(order, max(1, batch_size // 2), workers)]
 
     def read_batch(batch: list[_Sequence]) -> list[dict]:
-        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos_ids, protocol, share_prefixes)
+        think_ids, logp = _think_and_answer(lm, batch, think_tokens, suffix_ids, eos, protocol, share_prefixes)
         frames = []
         for r, s in enumerate(batch):
             ids = think_ids[r]

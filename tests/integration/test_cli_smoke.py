@@ -77,10 +77,22 @@ def test_eval_on_a_stratified_subset():
     assert out["n_rows"] == 7 and out["stage"] == "base" and set(out["profile"]) >= {"Care", "Authority"}
 
 
+def test_the_axis_eval_prints_one_json_object_last(vector_file):
+    lines = ok("axis", "--pair", "love-humanity", "--limit", "4", "--vector", vector_file, "--alpha", "2",
+               "--json").splitlines()
+    out = json.loads(lines[-1])
+    assert out["n"] == 4 and out["stage"] == "steered" and out["ci_low"] <= out["mean"] <= out["ci_high"]
+    assert 0 <= out["share_positive"] <= 1
+
+
 def test_run_runs_report_export_and_worker(work, finished_run):
     db = finished_run
     listed = json.loads(ok("runs", "--db", db, "--json"))
     assert [(r["id"], r["status"], r["rounds_completed"]) for r in listed] == [(1, "completed", 1)]
+    summary = json.loads(ok("summary", "1", "--db", db, "--json").splitlines()[-1])
+    assert {(r["round"], r["stage"]) for r in summary["table"]} == {(-1, "base"), (-1, "prompted"), (0, "steered"),
+                                                                    (0, "healed")}
+    assert all(q["verdict"] in ("yes", "no", "unclear") for q in summary["questions"])
     ok("report", "1", "--out", work / "report.html", "--db", db)
     assert "Do you love humanity" in (work / "report.html").read_text()
     manifest = json.loads(ok("export", "1", "--round", "0", "--out", work / "export", "--db", db, "--no-merged",

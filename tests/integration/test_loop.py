@@ -66,3 +66,39 @@ def test_a_cancel_during_an_eval_stops_within_it_and_the_run_says_cancelled(tmp_
     run = store.run(run_id)
     assert run["status"] == "cancelled" and run["error"] == "cancelled by the user"
     assert not store.rows("evals", run_id), "the eval ran to its end despite the cancel"
+
+
+def test_every_stage_is_measured_and_a_run_that_stops_early_says_why(tmp_path):
+    """Base, prompting baseline, random vector, steered and healed each get the axis eval and
+    the offline incoherence; the healed round gets its absorption; a ceiling the healed model
+    exceeds stops the loop after round 0 of 2, and every reader of the run says so and why."""
+    import json
+    from dataclasses import replace
+
+    from tests.conftest import run_cli
+
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    run_id = start_run(store, replace(TINY, rounds=2, tinymfv="off", random_control=True, incoherence_ceiling=1e-6,
+                                      seed=11))
+    run = run_loop(store, run_id)
+    assert run["status"] == "completed" and "after round 0 of 2" in run["stop_reason"]
+    assert [r["round"] for r in store.rows("rounds", run_id)] == [0]
+    stages = {(r["round"], r["stage"]) for r in store.rows("axis_evals", run_id)}
+    assert stages == {(-1, "base"), (-1, "prompted"), (0, "random"), (0, "steered"), (0, "healed")}
+    assert {(r["round"], r["stage"]) for r in store.rows("drift_evals", run_id)} == stages
+    assert not store.rows("evals", run_id)  # tinymfv off
+    drift = {r["stage"]: r for r in store.rows("drift_evals", run_id)}
+    assert drift["base"]["headline"] < 1e-3
+    # the healed model is scored against the base with its adapter off, not against itself
+    assert drift["healed"]["kl_mean"] > 1e-6 and drift["steered"]["headline"] > drift["healed"]["headline"]
+    assert all(r["n"] == 4 for r in store.rows("axis_evals", run_id))
+    (absorbed,) = store.rows("absorption", run_id)
+    assert -1 <= absorbed["cos"] <= 1
+    listed = json.loads(run_cli("runs", "--db", db, "--json").stdout)[0]
+    assert listed["status"] == "completed (stopped early)" and "round 0 of 2" in listed["stop_reason"]
+    assert [q["key"] for q in listed["questions"]] == ["Q0", "Q1", "Q2", "Q3", "prompting", "random"]
+    summary = run_cli("summary", str(run_id), "--db", db)
+    assert summary.returncode == 0 and "stopped early" in summary.stdout and "Q1 does heal" in summary.stdout
+    last = json.loads(run_cli("summary", str(run_id), "--db", db, "--json").stdout.splitlines()[-1])
+    assert last["stop_reason"] == run["stop_reason"] and len(last["table"]) == 5

@@ -1,5 +1,6 @@
-"""Crash safety: a 2-round CLI run is killed with SIGKILL at six named points across
-generation, storing, training, baking (twice) and eval, plus once at a moment picked by
+"""Crash safety: a 2-round CLI run is killed with SIGKILL at seven named points across
+generation, storing, training, baking (twice), the offline incoherence and the tinymfv eval,
+plus once at a moment picked by
 watching the store; after every kill the DB is intact and points at no missing file, and the
 run resumed each time ends exactly like an uninterrupted run with the same seed: same rounds,
 same rows, no duplicates, no orphaned files. Then export and report work on it."""
@@ -94,8 +95,8 @@ def _contents(store: Store, run_id: int) -> dict:
     keep = {"rounds": ("round", "status"), "vectors": ("round", "norms", "cos_v0"),
             "completions": ("round", "idx", "prompt", "alpha", "text", "auto_verdict", "reasons"),
             "evals": ("round", "stage", "auth_nats", "care_nats", "coherence", "top1_acc"),
-            "axis_evals": ("round", "stage", "mean", "ci_low", "ci_high", "n", "scores"),
-            "drift_evals": ("round", "stage", "headline", "kl_mean", "nll_excess", "rows"),
+            "axis_evals": ("round", "stage", "mean", "ci_low", "ci_high", "n"),
+            "drift_evals": ("round", "stage", "headline", "kl_mean", "nll_excess", "repetition"),
             "absorption": ("round", "cos", "coef"),
             "probes": ("round", "prompt", "answer"), "train_logs": ("round", "step", "loss", "nll", "divergence"),
             "artifacts": ("round", "kind")}
@@ -150,7 +151,7 @@ def resumed_run(crashed_and_reference):
     return db, run_id
 
 
-def test_killed_at_seven_points_resumes_to_the_same_run_as_an_uninterrupted_one(crashed_and_reference):
+def test_killed_at_eight_points_resumes_to_the_same_run_as_an_uninterrupted_one(crashed_and_reference):
     db, run_id, ref_db, kills = crashed_and_reference
     assert len(kills) == len(CRASH_POINTS) + 1 and any(k.startswith("round 1: heal step") for k in kills)
     store, ref = Store(db), Store(ref_db)
@@ -162,6 +163,10 @@ def test_killed_at_seven_points_resumes_to_the_same_run_as_an_uninterrupted_one(
     assert len(store.rows("completions", run_id)) == 8
     assert sorted((e["round"], e["stage"]) for e in store.rows("evals", run_id)) == [
         (-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered"), (1, "healed"), (1, "steered")]
+    for table in ("axis_evals", "drift_evals"):  # the instruments too, the one killed mid-stage redone once
+        assert sorted((e["round"], e["stage"]) for e in store.rows(table, run_id)) == [
+            (-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered"), (1, "healed"), (1, "steered")]
+    assert [a["round"] for a in store.rows("absorption", run_id)] == [0, 1]
     # no orphaned files: everything in the run's folder is recorded, and every record exists
     recorded = {(db.parent / a["path"]).resolve() for a in store.rows("artifacts", run_id)}
     on_disk = {p.resolve() for p in store.artifact_dir(run_id).glob("round-*/*")}

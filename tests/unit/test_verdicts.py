@@ -55,6 +55,7 @@ def test_a_run_with_nothing_measured_is_unclear_everywhere(tmp_path):
     (_spread(0.8, 0.6), _spread(0.8, 0.6), UNCLEAR),  # no difference
     (_spread(0.3)[:3], _spread(1.5), NO),  # too few kept to heal
     (_spread(0.3), [], UNCLEAR),  # nothing dropped: no choice made
+    (_spread(0.3), [5.0, 6.0], UNCLEAR),  # two dropped: too few to compare, however far apart
 ])
 def test_q0_can_we_filter(tmp_path, kept_kl, dropped_kl, verdict):
     store, run_id = _store(tmp_path)

@@ -54,3 +54,19 @@ def test_incoherence_is_zero_for_the_base_and_rises_with_the_dose(lm, care_vecto
         headline.append(res.headline)
     assert headline == sorted(headline) and headline[1] > 0.3, headline
     assert len(base.rows) == 6 and all(r["n_tokens"] == 16 for r in base.rows)
+
+
+def test_the_drift_decoder_reads_the_same_text_and_distribution_as_generate_and_scoring(lm):
+    """One greedy decode gives both the continuation (as transformers' generate with EOS
+    suppressed would) and the model's distribution at each step (as a teacher-forced pass)."""
+    from steerheal.config import GenerationConfig
+    from steerheal.evals.drift import drift_prompts, greedy_with_logprobs
+    from steerheal.generate import generate
+
+    prompts = drift_prompts()[:3]
+    ids, logp = greedy_with_logprobs(lm, prompts, DEFAULT_SYSTEM_PROMPT, 12)
+    gen = GenerationConfig(max_new_tokens=12, min_new_tokens=12, greedy=True)
+    assert ids == [c.token_ids for c in generate(lm, prompts, gen)]
+    forced = completion_token_logprobs(lm, prompts, ids, DEFAULT_SYSTEM_PROMPT, full=True)
+    for k in range(3):
+        assert (logp[k] - forced[k]).abs().max() < 1e-3

@@ -1,0 +1,69 @@
+"""What the Results and Heal pages show of the instruments that work at any model size: the
+method's questions with their verdicts, why a run stopped early, the axis / incoherence charts,
+and whether a persona pair has axis items."""
+
+from __future__ import annotations
+
+import html
+
+from steerheal import instrument_charts
+from steerheal.errors import SteerhealError
+from steerheal.evals.axis import has_bundled_items, load_items
+from steerheal.store import Store
+from steerheal.summary import outcome, run_summary
+
+VERDICT_CLASS = {"yes": "sh-yes", "no": "sh-no", "unclear": "sh-unclear"}
+
+
+def stop_note(run: dict) -> str:
+    """'' or one line saying the run stopped early and why (never a bare 'completed')."""
+    if not run.get("stop_reason"):
+        return ""
+    return (f"<div class='sh-warn' id='stopped-early-{run['id']}'><b>Run {run['id']} {html.escape(outcome(run))}:"
+            f"</b> {html.escape(run['stop_reason'])}</div>")
+
+
+def questions_html(store: Store, run_ids: list[int]) -> str:
+    """Per picked run: each question, its verdict, the figures with intervals, the rule on hover."""
+    parts = []
+    for run_id in run_ids:
+        summary = run_summary(store, run_id)
+        run = store.run(run_id)
+        rows = "".join(
+            f"<tr><td>{html.escape(q['question'])}</td>"
+            f"<td class='{VERDICT_CLASS[q['verdict']]}' data-verdict='{q['verdict']}'><b>{q['verdict']}</b></td>"
+            f"<td title='{html.escape(q['rule'], quote=True)}'>{html.escape(q['because'])}</td></tr>"
+            for q in summary["questions"])
+        parts.append(f"<div class='sh-questions' id='questions-run-{run_id}'>{stop_note(run)}"
+                     f"<b>Run {run_id}</b> ({html.escape(summary['status'])}, {summary['rounds_completed']} of "
+                     f"{summary['rounds_asked']} rounds)<table class='sh-table'><tr><th>question</th><th>verdict</th>"
+                     f"<th>figures (95% bootstrap intervals; the rule on hover)</th></tr>{rows}</table></div>")
+    return "".join(parts)
+
+
+def instrument_plots(store: Store, run_ids: list[int]):
+    """(axis per round, incoherence per round, trait vs incoherence), or Nones when nothing is measured."""
+    axis = [a for r in run_ids for a in store.rows("axis_evals", r)]
+    drift = [d for r in run_ids for d in store.rows("drift_evals", r)]
+    if not axis and not drift:
+        return None, None, None
+    return (instrument_charts.axis_per_round(axis) if axis else None,
+            instrument_charts.incoherence_per_round(drift) if drift else None,
+            instrument_charts.trait_vs_incoherence(axis, drift) if axis and drift else None)
+
+
+def items_note(pair_name: str, custom: bool, items_file: str | None) -> str:
+    """Whether the pair has axis items (the trait score needs them), checking a given file."""
+    if items_file:
+        try:
+            items = load_items(items_file)
+        except SteerhealError as err:
+            return f"<div class='sh-error' id='items-note'>{html.escape(str(err))}</div>"
+        split = sum(i.split == "eval" for i in items)
+        return (f"<div class='sh-ok' id='items-note'>Axis items: {len(items)} from {html.escape(items_file)} "
+                f"({split} held-out eval items score each stage).</div>")
+    if not custom and has_bundled_items(pair_name):
+        return (f"<div class='sh-muted' id='items-note'>Axis items: the bundled set for {html.escape(pair_name)} "
+                "(held-out eval split) scores the trait at every stage.</div>")
+    return ("<div class='sh-warn' id='items-note'>This pair has no axis items, so runs measure incoherence but no "
+            "trait score. Give a JSONL items file (one {\"prompt\", \"pos\", \"neg\"} per line).</div>")
