@@ -35,6 +35,10 @@ def build_app(db_path: str, model: str = "bundled", load_in_4bit: bool = False):
                     f"{' (4-bit)' if load_in_4bit else ''} · store "
                     f"{lab.store.path}</span>")
         timer = gr.Timer(POLL_SECONDS)
+        # What each page keeps across a refresh, in the browser's localStorage. At the top level:
+        # a tab's components mount only when the tab is first opened, and a BrowserState reads and
+        # writes localStorage only while mounted.
+        kept = {name: gr.BrowserState(None, storage_key=f"steerheal-{name}") for name in ("heal", "curate", "results")}
         with gr.Tabs(elem_id="pages"):
             with gr.Tab("Personas", id="personas", elem_id="tab-personas"):
                 persona_parts = personas.build(lab, timer)
@@ -45,7 +49,7 @@ def build_app(db_path: str, model: str = "bundled", load_in_4bit: bool = False):
             with gr.Tab("Heal", id="heal", elem_id="tab-heal"):
                 heal.build(lab, timer, persona_parts, steer_parts)
             with gr.Tab("Results", id="results", elem_id="tab-results"):
-                results.build(lab, timer)
+                results.build(lab, timer, demo, kept["results"])
     demo.lab = lab
     return demo
 
@@ -105,14 +109,14 @@ def main() -> None:
             check_4bit_possible()
         except SteerhealError as err:
             raise SystemExit(f"steerheal: error: {err}") from None
-    from pages.common import CSS
+    from pages.common import CSS, theme
 
     demo = build_app(args.db, args.model, args.load_in_4bit)
     # SIGTERM (docker stop, kill) exits through atexit, so the workers hear about it too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     start_workers(str(demo.lab.store.path), args.workers)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
-                                                   css=CSS, show_error=False, footer_links=["gradio", "settings"])
+                                                   css=CSS, theme=theme(), show_error=False, footer_links=["gradio", "settings"])
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
+def error_html(what: str, message: str) -> str:
+    """A refusal shown beside the control that caused it ("Not extracted: ..."); it stays until
+    that input changes, where a toast would vanish."""
+    return f"<div class='sh-error sh-refusal'>{html.escape(what)}: {html.escape(str(message))}</div>"
+
+
 def job_status_md(job: dict | None, what: str = "job", busy_bar: bool = False) -> str:
     """One readable line (with a progress bar) for a background job. busy_bar: a running job
     whose stage has no count gets a moving bar instead of none."""
@@ -144,8 +150,9 @@ def run_choices(store: Store) -> list[tuple[str, int]]:
     out = []
     for run in reversed(store.runs()):
         cfg = run["config"]
-        label = (f"run {run['id']} · {run['status']} · {count(cfg.get('rounds'), 'round')} · {cfg.get('pair')}"
-                 f"{' (custom)' if cfg.get('pos') else ''}")
+        pair = f"custom pair '{clip(cfg.get('pos') or cfg.get('neg') or '', 32)}'" if cfg.get("pos") or cfg.get("neg") \
+            else cfg.get("pair")
+        label = f"run {run['id']} · {run['status']} · {count(cfg.get('rounds'), 'round')} · {pair}"
         out.append((label, run["id"]))
     return out
 
@@ -170,7 +177,12 @@ def preset_for(pos: str, neg: str, presets: dict) -> str | None:
 
 def clip(text: str, width: int = 60) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    if " " in cut[width // 2:]:  # end on a whole word
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip() + "…"
 
 
 def pair_label(pos: str, neg: str, presets: dict) -> str:
@@ -200,6 +212,20 @@ def vector_summary(job: dict | None, presets: dict, now: float | None = None) ->
             f"extracted {clock(job.get('finished'), now)} (job {job['id']})")
 
 
+def theme() -> gr.themes.Base:
+    """Gradio's default theme with whole font files. Its bundled Source Sans Pro and IBM Plex Mono
+    SemiBold (weight 600) files hold only a few glyphs, so every bold heading, label and button
+    mixed a small, lighter "A" from that file with DejaVu Sans Bold for the other letters ("A
+    batch for curation", "A friend asks you..."). With only 400 and 700 declared, weight 600
+    resolves to the complete Bold file."""
+    return gr.themes.Default(font=[FONTS[0], "ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=[FONTS[1], "ui-monospace", "Consolas", "monospace"])
+
+
+FONTS = (gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)),
+         gr.themes.LocalFont("IBM Plex Mono", weights=(400, 700)))
+
+
 CSS = """
 .gradio-container { max-width: 1280px !important; }
 .sh-job { padding: .5rem .75rem; border-radius: 8px; background: var(--block-background-fill);
@@ -223,4 +249,10 @@ CSS = """
 .sh-probe mark { background: #fde68a; }
 .sh-probe td, .sh-probe th { vertical-align: top; padding: .4rem; border: 1px solid var(--border-color-primary); }
 .sh-probe table { border-collapse: collapse; width: 100%; }
+/* A disabled button looks disabled (a disabled Cancel was still red and looked pressable). */
+button:disabled, button[disabled] { opacity: .45 !important; filter: grayscale(1); cursor: not-allowed !important;
+                                    box-shadow: none !important; }
+/* Curate's column headers wrap between words, never inside one ("repetiti/on"). */
+#curate-table th, #curate-table th * { word-break: keep-all !important; overflow-wrap: normal !important;
+                                       hyphens: none !important; }
 """

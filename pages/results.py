@@ -28,24 +28,54 @@ def highlight_changes(before: str, after: str) -> str:
 
 
 def probe_html(probes: list[dict]) -> str:
-    """One table per probe prompt: a column per round, new words since the previous round marked."""
+    """One table per probe prompt, a row per run: a column per round, each labelled with its run
+    ("run 3 · round 0"), new words since the previous round of the same run marked."""
     if not probes:
         return "<p class='sh-muted'>No probe answers yet: they appear after the base eval.</p>"
-    table = charts.probe_table(probes)
+    runs = list(dict.fromkeys(p.get("run_id") for p in probes))
+    tables = {r: charts.probe_table([p for p in probes if p.get("run_id") == r]) for r in runs}
+    prompts = list(dict.fromkeys(p["prompt"] for p in probes))
     parts = []
-    for prompt, row in table.iterrows():
-        cells, previous = [], None
-        for col, answer in row.items():
-            answer = answer if isinstance(answer, str) else ""
-            shown = html.escape(answer) if previous is None else highlight_changes(previous, answer)
-            cells.append(f"<td><div class='sh-muted'>{html.escape(str(col))}</div>{shown}</td>")
-            previous = answer
-        parts.append(f"<h4>{html.escape(str(prompt))}</h4><table><tr>{''.join(cells)}</tr></table>")
+    for prompt in prompts:
+        rows = []
+        for r, table in tables.items():
+            if prompt not in table.index:
+                continue
+            cells, previous = [], None
+            for col, answer in table.loc[prompt].items():
+                answer = answer if isinstance(answer, str) else ""
+                shown = html.escape(answer) if previous is None else highlight_changes(previous, answer)
+                label = f"run {r} · {col}" if r is not None else str(col)
+                cells.append(f"<td><div class='sh-muted sh-probe-col'>{html.escape(label)}</div>{shown}</td>")
+                previous = answer
+            rows.append(f"<tr>{''.join(cells)}</tr>")
+        parts.append(f"<h4 class='sh-probe-title'>{html.escape(str(prompt))}</h4><table>{''.join(rows)}</table>")
     return ("<div class='sh-probe' id='probe-answers'><div class='sh-muted'>Greedy answers, no steering. "
             "<mark>Marked</mark> words are new since the column to the left.</div>" + "".join(parts) + "</div>")
 
 
-def build(lab: Lab, timer: gr.Timer) -> None:
+def export_round_label(run_ids) -> str:
+    """The Export Round field's label names the run whose round it exports."""
+    ids = [int(r) for r in run_ids or []]
+    return f"Round of run {ids[0]}" if ids else "Round (pick a run to export)"
+
+
+def picked_runs(saved, store) -> list[int]:
+    """The runs picked before a refresh (kept in the browser), those still in the store."""
+    known = {r["id"] for r in store.runs()}
+    out = []
+    for r in saved if isinstance(saved, list) else []:
+        try:
+            rid = int(r)
+        except (TypeError, ValueError):
+            continue
+        if rid in known and rid not in out:
+            out.append(rid)
+    return out
+
+
+def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) -> None:
+    """saved: the picked runs, kept in the browser across a refresh."""
     gr.Markdown("## Results\nPer round: steered (red) against healed (green), with the base model and the "
                 "prompting baseline as dashed reference lines. Charts follow a run while it goes.")
     with gr.Row():
@@ -63,7 +93,8 @@ def build(lab: Lab, timer: gr.Timer) -> None:
     probes = gr.HTML(elem_id="results-probes")
     gr.Markdown("### Export")
     with gr.Row():
-        export_round = gr.Number(0, label="Round", precision=0, elem_id="export-round")
+        export_run = gr.Dropdown(choices=[], label="Run to export", elem_id="export-run", scale=1)
+        export_round = gr.Number(0, label=export_round_label([]), precision=0, elem_id="export-round", scale=1)
         export_btn = gr.Button("Export adapters + merged model + vector", elem_id="export-btn")
         report_btn = gr.Button("HTML report", elem_id="report-btn")
     export_md = gr.HTML(elem_id="export-status")
@@ -99,18 +130,32 @@ def build(lab: Lab, timer: gr.Timer) -> None:
                 charts.metric_per_round(evals, "care_nats"),
                 charts.incoherence_per_round(evals),
                 charts.trajectory(evals),
-                warn, probe_html(lab.store.rows("probes", ids[0])), key)
+                warn, probe_html([p for r in ids for p in lab.store.rows("probes", r)]), key)
 
     outputs = [auth, care, incoherence, path, warning, probes, shown_key]
     picked.change(lambda r, k: draw(r, k, True), [picked, shown_key], outputs)
+
+    def export_choice(run_ids, current):
+        """Export names its run: a choice among the picked runs, the Round field labelled with it."""
+        ids = [int(r) for r in run_ids or []]
+        value = int(current) if current is not None and int(current) in ids else (ids[0] if ids else None)
+        return (gr.update(choices=[(f"run {r}", r) for r in ids], value=value),
+                gr.update(label=export_round_label([value] if value is not None else [])))
+
+    picked.change(export_choice, [picked, export_run], [export_run, export_round], show_progress="hidden")
+    export_run.change(lambda r: gr.update(label=export_round_label([r] if r is not None else [])), export_run,
+                      export_round, show_progress="hidden")
+    picked.change(lambda r: [int(x) for x in r or []], picked, saved, show_progress="hidden")
+    demo.load(lambda before: gr.update(choices=run_choices(lab.store), value=picked_runs(before, lab.store)), saved,
+              picked, show_progress="hidden")
     refresh.click(lambda r, k: draw(r, k, True), [picked, shown_key], outputs).then(
         lambda: gr.update(choices=run_choices(lab.store)), None, picked)
 
     @friendly
-    def do_export(run_ids, round_):
-        ids = [int(r) for r in run_ids or []]
-        if len(ids) != 1:
-            raise SteerhealError("Pick exactly one run to export.")
+    def do_export(run_id, round_):
+        if run_id is None:
+            raise SteerhealError("Pick a run to export.")
+        ids = [int(run_id)]
         round_ = as_int(round_, "Round", 0)
         from steerheal.export import round_adapters
 
@@ -119,13 +164,14 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         if out.exists() and any(out.iterdir()):
             raise SteerhealError(f"{out} already holds an export of this round.")
         jid = jobs.submit(lab.store, "export", dict(run_id=ids[0], round=round_, out=str(out)), run_id=ids[0])
-        return jid, job_status_md(lab.store.job(jid), "export")
+        return jid, poll_export(jid)
 
     def poll_export(jid):
         if not jid:
             return gr.skip()
         job = lab.store.job(jid)
-        md = job_status_md(job, "export")
+        md = job_status_md(job, "export") + (f"<div class='sh-muted'>Run {job['run_id']}, round "
+                                              f"{job['params'].get('round')}.</div>")
         if job["status"] == "completed":
             md += f"<div class='sh-muted'>Written to <code>{html.escape(job['params']['out'])}</code>: " \
                   "adapters/ (PEFT), merged/ (transformers), vector.safetensors.</div>"
@@ -139,7 +185,7 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         out = lab.data_dir / "reports" / f"report-run-{'-'.join(map(str, ids))}.html"
         return gr.update(value=str(write_report(lab.store, ids, out)), visible=True)
 
-    export_btn.click(do_export, [picked, export_round], [export_job, export_md])
+    export_btn.click(do_export, [export_run, export_round], [export_job, export_md])
     report_btn.click(do_report, picked, report_file)
 
     def tick(run_ids, last_key, jid):

@@ -10,6 +10,10 @@ import pandas as pd
 
 STAGE_COLORS = {"steered": "#d62728", "healed": "#2ca02c"}
 REFERENCE_STAGES = {"base": "#555555", "prompted": "#1f77b4"}
+# Runs differ by point shape (the legend) and line dash; a dash legend alone draws every run as the
+# same black dot, so it stays off.
+RUN_SHAPE = alt.Shape("run:N", title="run")
+RUN_DASH = alt.StrokeDash("run:N", legend=None)
 METRIC_TITLES = {"auth_nats": "auth_nats (log p authority; lower = more care over authority)",
                  "care_nats": "care_nats (log p care)", "coherence": "coherence (mass on the 7 answers)"}
 
@@ -33,7 +37,7 @@ def metric_per_round(evals: Sequence[dict], metric: str) -> alt.LayerChart:
     lines = alt.Chart(rounds).mark_line(point=True).encode(
         x=alt.X("round:O", title="round"), y=alt.Y(f"{metric}:Q", title=METRIC_TITLES.get(metric, metric),
                                                    scale=alt.Scale(zero=False)),
-        color=color, strokeDash=alt.StrokeDash("run:N", title="run"),
+        color=color, strokeDash=RUN_DASH, shape=RUN_SHAPE,
         tooltip=["run", "round", "stage", alt.Tooltip(f"{metric}:Q", format=".4f")])
     rules = alt.Chart(refs).mark_rule(strokeDash=[6, 4]).encode(
         y=f"{metric}:Q", color=color, tooltip=["run", "stage", alt.Tooltip(f"{metric}:Q", format=".4f")])
@@ -50,7 +54,7 @@ def incoherence_per_round(evals: Sequence[dict]) -> alt.LayerChart:
     lines = alt.Chart(rounds).mark_line(point=True).encode(
         x=alt.X("round:O", title="round"),
         y=alt.Y("incoherence:Q", scale=alt.Scale(type="log"), title="incoherence = 1 - coherence (log)"),
-        color=color, strokeDash=alt.StrokeDash("run:N", title="run"),
+        color=color, strokeDash=RUN_DASH, shape=RUN_SHAPE,
         tooltip=["run", "round", "stage", alt.Tooltip("incoherence:Q", format=".4f")])
     rule = alt.Chart(base).mark_rule(strokeDash=[6, 4], color=REFERENCE_STAGES["base"]).encode(y="incoherence:Q")
     return (lines + rule).properties(title="Incoherence per round (steered vs healed)", width=420, height=260)

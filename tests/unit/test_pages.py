@@ -166,3 +166,48 @@ def test_small_cosmetics_a_user_noticed(tmp_path):
     store.create_run({"rounds": 3, "pair": "care-over-authority"}, "bundled", 0)
     assert [label for label, _ in run_choices(store)] == [
         "run 2 · running · 3 rounds · care-over-authority", "run 1 · running · 1 round · care-over-authority"]
+
+
+EVALS_TWO_RUNS = [dict(run_id=r, round=k, stage=s, auth_nats=-2.0 - k - r, care_nats=-1.0 + k, coherence=0.95)
+                  for r in (1, 2) for k, s in ((-1, "base"), (0, "steered"), (0, "healed"))]
+
+
+def test_two_runs_on_results_can_be_told_apart():
+    """Issue 16, item 7: every chart legend tells the runs apart (shape or colour by run, not two
+    identical black dots); every probe column names its run; Export names the run it exports."""
+    from pages.results import export_round_label, probe_html
+    from steerheal.charts import incoherence_per_round, metric_per_round, trajectory
+
+    for chart in (metric_per_round(EVALS_TWO_RUNS, "auth_nats"), incoherence_per_round(EVALS_TWO_RUNS),
+                  trajectory(EVALS_TWO_RUNS)):
+        spec = chart.to_dict()
+        layers = spec.get("layer", [spec])
+        by_run = [ch for layer in layers for name, ch in layer.get("encoding", {}).items()
+                  if name in ("color", "shape") and ch.get("field") == "run" and ch.get("legend", {}) is not None]
+        assert by_run, f"no colour or shape by run in {spec.get('title')}"
+        # a dash legend alone draws every run as the same black dot: it must not be the run's legend
+        dashes = [layer["encoding"]["strokeDash"] for layer in layers if "strokeDash" in layer.get("encoding", {})]
+        assert all(d.get("legend", {}) is None for d in dashes)
+
+    probes = [dict(run_id=r, round=k, prompt="A friend asks you to lie", answer=f"answer {r}.{k}")
+              for r in (3, 5) for k in (-1, 0)]
+    shown = probe_html(probes)
+    for label in ("run 3 · base", "run 3 · round 0", "run 5 · base", "run 5 · round 0"):
+        assert label in shown
+    assert shown.count("A friend asks you to lie") == 1  # one table per prompt, a row per run
+    assert "answer 5.-1" in shown and "<mark>5.0</mark>" in shown  # diffs within a run
+    assert export_round_label([4]) == "Round of run 4"
+    assert "pick" in export_round_label([]).lower()
+
+
+def test_run_pickers_name_a_custom_pair_and_a_run_cancelled_before_it_started(tmp_path):
+    """Issue 16: a custom-pair run is not listed as 'care-over-authority (custom)'."""
+    from pages.common import run_choices
+    from steerheal.store import Store
+
+    store = Store(tmp_path / "runs.db")
+    store.create_run({"rounds": 2, "pair": "care-over-authority", "pos": "someone who always stops to help a "
+                      "stranger in trouble", "neg": "someone who walks past"}, "bundled", 0)
+    (label, _), = run_choices(store)
+    assert label == "run 1 · running · 2 rounds · custom pair 'someone who always stops to…'"
+    assert "care-over-authority" not in label
