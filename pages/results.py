@@ -9,6 +9,7 @@ import html
 import gradio as gr
 
 from pages.common import Lab, as_int, friendly, job_status_md, run_choices
+from pages.science import instrument_plots, questions_html
 from steerheal import charts, jobs
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import demo_data_note
@@ -77,12 +78,21 @@ def picked_runs(saved, store) -> list[int]:
 def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) -> None:
     """saved: the picked runs, kept in the browser across a refresh."""
     gr.Markdown("## Results\nPer round: steered (red) against healed (green), with the base model and the "
-                "prompting baseline as dashed reference lines. Charts follow a run while it goes.")
+                "prompting baseline as dashed reference lines. First the method's questions answered from the "
+                "run's numbers, then the instruments that work at any model size (the axis score and the offline "
+                "incoherence, with 95% intervals), then tinymfv. Charts follow a run while it goes.")
     with gr.Row():
         picked = gr.Dropdown(choices=run_choices(lab.store), multiselect=True, label="Runs", elem_id="results-runs",
                              scale=4)
         refresh = gr.Button("Refresh", elem_id="results-refresh", scale=0, min_width=120)
     warning = gr.HTML(elem_id="results-warning")
+    questions = gr.HTML(elem_id="results-questions")
+    with gr.Row():
+        axis_plot = gr.Plot(label="axis score", elem_id="chart-axis")
+        drift_plot = gr.Plot(label="incoherence (offline)", elem_id="chart-drift")
+    trait_plot = gr.Plot(label="trait vs incoherence", elem_id="chart-trait-incoherence")
+    gr.Markdown("### tinymfv (forced choice)")
+    tinymfv_note = gr.HTML(elem_id="results-tinymfv-note")
     with gr.Row():
         auth = gr.Plot(label="auth_nats", elem_id="chart-auth")
         care = gr.Plot(label="care_nats", elem_id="chart-care")
@@ -105,17 +115,21 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
     def key_of(run_ids) -> tuple:
         """What the charts depend on: redraw only when it changes (no flicker while polling)."""
         ids = sorted(int(r) for r in run_ids or [])
-        return tuple(ids), tuple(lab.store.change_marker("evals", r) for r in ids), \
-            tuple(lab.store.change_marker("probes", r) for r in ids)
+        markers = tuple(lab.store.change_marker(table, r) for r in ids
+                        for table in ("evals", "axis_evals", "drift_evals", "completions"))
+        states = tuple((run["status"], run.get("stop_reason")) for run in (lab.store.run(r) for r in ids))
+        return tuple(ids), markers, tuple(lab.store.change_marker("probes", r) for r in ids), states
 
     @friendly
     def draw(run_ids, last_key, force=False):
         key = key_of(run_ids)
         if not force and key == last_key:
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 12
         ids = list(key[0])
         if not ids:
-            return None, None, None, None, "<p class='sh-muted'>Pick a run.</p>", "", key
+            return (None, None, None, None, "<p class='sh-muted'>Pick a run.</p>", "", key, "", None, None, None,
+                    "")
+        science = (questions_html(lab.store, ids), *instrument_plots(lab.store, ids))
         evals = [e for r in ids for e in lab.store.rows("evals", r)]
         demo = demo_data_note(evals)
         warn = f"<div class='sh-warn' id='demo-data'><b>Demo data:</b> {html.escape(demo)}</div>" if demo else ""
@@ -124,15 +138,19 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
             warn += (f"<div class='sh-warn'><b>Warning:</b> Base coherence is {min(e['coherence'] for e in base):.3f} (under 0.85): "
                     "this model mostly fails the answer format, so its tinymfv numbers are not meaningful. "
                     "Use a larger model for real results.</div>")
+        answers = probe_html([p for r in ids for p in lab.store.rows("probes", r)])
         if not evals:
-            return None, None, None, None, warn, probe_html([]), key
+            note = ("<p class='sh-muted'>No tinymfv evals in these runs (tinymfv off: the default on the bundled "
+                    "model, which cannot answer its format).</p>")
+            return (None, None, None, None, warn, answers, key, *science, note)
         return (charts.metric_per_round(evals, "auth_nats"),
                 charts.metric_per_round(evals, "care_nats"),
                 charts.incoherence_per_round(evals),
                 charts.trajectory(evals),
-                warn, probe_html([p for r in ids for p in lab.store.rows("probes", r)]), key)
+                warn, answers, key, *science, "")
 
-    outputs = [auth, care, incoherence, path, warning, probes, shown_key]
+    outputs = [auth, care, incoherence, path, warning, probes, shown_key, questions, axis_plot, drift_plot,
+               trait_plot, tinymfv_note]
     picked.change(lambda r, k: draw(r, k, True), [picked, shown_key], outputs)
 
     def export_choice(run_ids, current):

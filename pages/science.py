@@ -12,7 +12,8 @@ from steerheal.evals.axis import has_bundled_items, load_items
 from steerheal.store import Store
 from steerheal.summary import outcome, run_summary
 
-VERDICT_CLASS = {"yes": "sh-yes", "no": "sh-no", "unclear": "sh-unclear"}
+VERDICT_COLOUR = {"yes": "#15803d", "no": "#b91c1c", "unclear": "#6b7280"}
+_CELL = "style='border:1px solid var(--border-color-primary);padding:.35rem .5rem;vertical-align:top'"
 
 
 def stop_note(run: dict) -> str:
@@ -30,14 +31,16 @@ def questions_html(store: Store, run_ids: list[int]) -> str:
         summary = run_summary(store, run_id)
         run = store.run(run_id)
         rows = "".join(
-            f"<tr><td>{html.escape(q['question'])}</td>"
-            f"<td class='{VERDICT_CLASS[q['verdict']]}' data-verdict='{q['verdict']}'><b>{q['verdict']}</b></td>"
-            f"<td title='{html.escape(q['rule'], quote=True)}'>{html.escape(q['because'])}</td></tr>"
+            f"<tr><td {_CELL}>{html.escape(q['question'])}</td>"
+            f"<td {_CELL} data-verdict='{q['verdict']}'><b style='color:{VERDICT_COLOUR[q['verdict']]}'>"
+            f"{q['verdict']}</b></td>"
+            f"<td {_CELL} title='{html.escape(q['rule'], quote=True)}'>{html.escape(q['because'])}</td></tr>"
             for q in summary["questions"])
-        parts.append(f"<div class='sh-questions' id='questions-run-{run_id}'>{stop_note(run)}"
+        parts.append(f"<div id='questions-run-{run_id}' style='margin-bottom:.75rem'>{stop_note(run)}"
                      f"<b>Run {run_id}</b> ({html.escape(summary['status'])}, {summary['rounds_completed']} of "
-                     f"{summary['rounds_asked']} rounds)<table class='sh-table'><tr><th>question</th><th>verdict</th>"
-                     f"<th>figures (95% bootstrap intervals; the rule on hover)</th></tr>{rows}</table></div>")
+                     f"{summary['rounds_asked']} rounds)<table style='border-collapse:collapse;width:100%'><tr>"
+                     f"<th {_CELL}>question</th><th {_CELL}>verdict</th><th {_CELL}>figures (95% bootstrap "
+                     f"intervals; the rule on hover)</th></tr>{rows}</table></div>")
     return "".join(parts)
 
 
