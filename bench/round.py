@@ -190,7 +190,7 @@ def main() -> None:
                                            base_nll=base_nll)))
 
     def absorb():
-        contexts = default_contexts()[:32]
+        contexts = default_contexts()[:16]
         healed = mean_last_token_states(lm, contexts, DEFAULT_SYSTEM_PROMPT)
         with bake.base_view(lm):
             base = mean_last_token_states(lm, contexts, DEFAULT_SYSTEM_PROMPT)

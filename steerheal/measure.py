@@ -28,7 +28,7 @@ from steerheal.store import Store
 from steerheal.vectors import SteeringVector, absorption, mean_last_token_states
 
 Progress = Callable[[str, dict], None]
-ABSORPTION_CONTEXTS = 32
+ABSORPTION_CONTEXTS = 16
 
 
 def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:

@@ -42,8 +42,8 @@ class RunConfig:
     axis_items: str | None = None  # a JSONL items file (prompt, pos, neg); None: the preset pair's bundled items
     axis_split: str = "eval"  # which split of the items the run scores (bundled items: dev / eval)
     axis_limit: int | None = None  # score only the first N items of that split (None: all)
-    drift_tokens: int = 40  # length of each greedy continuation scored for incoherence
-    drift_prompts: int | None = None  # the first N bundled neutral prompts (None: all 40)
+    drift_tokens: int = 32  # length of each greedy continuation scored for incoherence
+    drift_prompts: int | None = 32  # the first N of the 40 bundled neutral prompts (None: all)
     incoherence_ceiling: float = 2.0  # stop early when healed KL rmse to base exceeds the base's by this (nats)
     contexts: tuple[str, ...] | None = None  # a custom context pool (None: the 80 bundled ones)
     n_contexts: int | None = None  # extract from the first N contexts only (None: all)

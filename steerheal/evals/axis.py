@@ -23,11 +23,13 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache
 
+from steerheal.attention import folded_gqa
 from steerheal.batching import pad_rows, position_ids_for
 from steerheal.chat import chat_prompt
 from steerheal.config import DEFAULT_SYSTEM_PROMPT, SteerConfig
 from steerheal.errors import SteerhealError
 from steerheal.models import LoadedModel, final_hidden, project_logits, unwrapped_model
+from steerheal.parallel import auto_workers, map_batches
 from steerheal.stats import mean_interval
 from steerheal.steering import steer
 
@@ -158,45 +160,70 @@ def _answer_ids(lm: LoadedModel, text: str) -> list[int]:
     return ids
 
 
+def _score_batch(lm: LoadedModel, prompt_rows: list[list[int]], answer_rows: list[list[int]]) -> list[float]:
+    """Mean per-token log p of each answer (answer_rows holds two per prompt, in order) after its
+    prompt. The prefix every prompt shares (chat template and system message, ~20 tokens of ~50)
+    runs once; each prompt's own part runs once; its KV cache is repeated for its two answers.
+    Padding sits before each part; the mask and position ids skip it."""
+    pad = lm.tokenizer.pad_token_id
+    common = 0
+    shortest = min(len(r) for r in prompt_rows)
+    while common < shortest - 1 and all(r[common] == prompt_rows[0][common] for r in prompt_rows):
+        common += 1
+    cache = DynamicCache(config=unwrapped_model(lm).config)
+    if common:
+        prefix = torch.tensor([prompt_rows[0][:common]], device=lm.device)
+        final_hidden(lm, prefix, torch.ones_like(prefix), torch.arange(common, device=lm.device)[None, :],
+                     past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(prompt_rows))
+    ids, rest_mask = pad_rows([r[common:] for r in prompt_rows], pad, lm.device, side="left")
+    mask = torch.cat([rest_mask.new_ones((len(prompt_rows), common)), rest_mask], dim=1)
+    positions = common + position_ids_for(rest_mask)
+    hidden = final_hidden(lm, ids, mask, positions, past_key_values=cache, use_cache=True)
+    first = torch.log_softmax(project_logits(lm, hidden[:, -1, :].contiguous()).float(), dim=-1)
+    first = first.repeat_interleave(2, dim=0)  # rows: item0 A, item0 B, item1 A, ...
+    cache.batch_repeat_interleave(2)
+    ans_ids, ans_mask = pad_rows(answer_rows, pad, lm.device, side="right")
+    full_mask = torch.cat([mask.repeat_interleave(2, dim=0), ans_mask], dim=1)
+    ans_pos = positions[:, -1:].repeat_interleave(2, dim=0) + 1 + torch.arange(ans_ids.shape[1],
+                                                                            device=lm.device)[None, :]
+    hidden = final_hidden(lm, ans_ids, full_mask, ans_pos, past_key_values=cache, use_cache=True)
+    means = []
+    for r, answer in enumerate(answer_rows):
+        target = torch.tensor(answer, device=lm.device)
+        lp = first[r, target[0]]
+        if len(answer) > 1:
+            logp = torch.log_softmax(project_logits(lm, hidden[r, : len(answer) - 1]).float(), dim=-1)
+            lp = lp + logp.gather(-1, target[1:, None]).sum()
+        means.append(float(lp) / len(answer))
+    return means
+
+
 def answer_logprobs(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[tuple[str, str]],
                     system: str | None = DEFAULT_SYSTEM_PROMPT, batch_size: int = 16,
-                    progress: ProgressFn | None = None) -> list[tuple[float, float]]:
-    """(mean per-token log p of answer A, of answer B) for each prompt, the prompt run once."""
+                    progress: ProgressFn | None = None, workers: int = 0) -> list[tuple[float, float]]:
+    """(mean per-token log p of answer A, of answer B) for each prompt, the prompt run once.
+    Prompts are batched by length (little padding) and two batches run at once on a CPU."""
     tok = lm.tokenizer
-    pad = tok.pad_token_id
-    out: list[tuple[float, float]] = []
-    total = len(prompts)
-    with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            batch_prompts = prompts[start:start + batch_size]
-            batch_answers = answers[start:start + batch_size]
-            prompt_rows = [tok(chat_prompt(tok, p, system), add_special_tokens=False).input_ids for p in batch_prompts]
-            ids, mask = pad_rows(prompt_rows, pad, lm.device, side="left")
-            positions = position_ids_for(mask)
-            cache = DynamicCache(config=unwrapped_model(lm).config)
-            hidden = final_hidden(lm, ids, mask, positions, past_key_values=cache, use_cache=True)
-            first = torch.log_softmax(project_logits(lm, hidden[:, -1, :].contiguous()).float(), dim=-1)
-            first = first.repeat_interleave(2, dim=0)  # rows: item0 A, item0 B, item1 A, ...
-            cache.batch_repeat_interleave(2)
-            rows = [_answer_ids(lm, a) for pair in batch_answers for a in pair]
-            ans_ids, ans_mask = pad_rows(rows, pad, lm.device, side="right")
-            full_mask = torch.cat([mask.repeat_interleave(2, dim=0), ans_mask], dim=1)
-            ans_pos = positions[:, -1:].repeat_interleave(2, dim=0) + 1 + torch.arange(ans_ids.shape[1],
-                                                                                    device=lm.device)[None, :]
-            hidden = final_hidden(lm, ans_ids, full_mask, ans_pos, past_key_values=cache, use_cache=True)
-            means = []
-            for r, answer in enumerate(rows):
-                n = len(answer)
-                target = torch.tensor(answer, device=lm.device)
-                lp = first[r, target[0]]
-                if n > 1:
-                    logp = torch.log_softmax(project_logits(lm, hidden[r, : n - 1]).float(), dim=-1)
-                    lp = lp + logp.gather(-1, target[1:, None]).sum()
-                means.append(float(lp) / n)
-            out.extend(zip(means[0::2], means[1::2]))
+    prompt_rows = [tok(chat_prompt(tok, p, system), add_special_tokens=False).input_ids for p in prompts]
+    answer_rows = [[_answer_ids(lm, a), _answer_ids(lm, b)] for a, b in answers]
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompt_rows[i]), i))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    out: list[tuple[float, float] | None] = [None] * len(prompts)
+
+    def run(idx: list[int]) -> list[float]:
+        with torch.inference_mode():
+            return _score_batch(lm, [prompt_rows[i] for i in idx], [a for i in idx for a in answer_rows[i]])
+
+    done = 0
+    with folded_gqa(lm.model):
+        for index, means in map_batches(run, batches, auto_workers(lm.device, workers)):
+            for k, i in enumerate(batches[index]):
+                out[i] = (means[2 * k], means[2 * k + 1])
+            done += len(batches[index])
             if progress is not None:
-                progress(min(start + batch_size, total), total)
-    return out
+                progress(done, len(prompts))
+    return [o for o in out if o is not None]
 
 
 def evaluate_axis(lm: LoadedModel, items: Sequence[AxisItem], *, stage: str = "base", vector=None,
@@ -213,7 +240,8 @@ def evaluate_axis(lm: LoadedModel, items: Sequence[AxisItem], *, stage: str = "b
     with context:
         pairs = answer_logprobs(lm, [i.prompt for i in items], [(i.pos, i.neg) for i in items],
                                 system=persona_prompt or DEFAULT_SYSTEM_PROMPT, batch_size=batch_size,
-                                progress=progress)
+                                progress=progress, workers=1 if steer_cfg is not None and steer_cfg.depends_on_pass
+                                else 0)
     scores = [a - b for a, b in pairs]
     interval = mean_interval(scores, seed=seed)
     meta = {"stage": stage, "model_id": lm.model_id, "seconds": round(time.time() - t0, 2),
