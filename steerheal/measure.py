@@ -13,10 +13,9 @@ import json
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
-import torch
-
 from steerheal import bake
 from steerheal.config import DEFAULT_SYSTEM_PROMPT, LayerBand, ModelSpec, SteerConfig
+from steerheal.evals.axis import evaluate_axis
 from steerheal.evals.drift import DriftConfig, evaluate_drift
 from steerheal.evals.tinymfv import EvalConfig, evaluate
 from steerheal.evals.tinymfv_data import load_vignettes
@@ -105,8 +104,9 @@ class Instruments:
             self.store.put("evals", [_eval_row(self.run_id, round_, stage, res)])
         if self.items is not None and not has("axis_evals"):
             self.say(f"axis {stage}", {"round": round_})
-            res = _axis(self.lm, self.items, stage, persona, self._counted(f"axis {stage}", round_,
-                                                                           f"round{round_}:axis-{stage}"), **steer_args)
+            res = evaluate_axis(self.lm, self.items, stage=stage, persona_prompt=persona,
+                                progress=self._counted(f"axis {stage}", round_, f"round{round_}:axis-{stage}"),
+                                **steer_args)
             self.store.put("axis_evals", [dict(run_id=self.run_id, round=round_, stage=stage, **res.summary(),
                                                scores=res.scores, meta=res.meta)])
         if not has("drift_evals"):
@@ -136,10 +136,3 @@ class Instruments:
                                            share_of_alpha=out["share_of_alpha"], alpha=alpha,
                                            detail=out["per_layer"])])
 
-
-def _axis(lm, items, stage, persona, progress, vector=None, steer_cfg=None):
-    from steerheal.evals.axis import evaluate_axis
-
-    with torch.inference_mode():
-        return evaluate_axis(lm, items, stage=stage, vector=vector, steer_cfg=steer_cfg, persona_prompt=persona,
-                             progress=progress)
