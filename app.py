@@ -45,9 +45,9 @@ def build_app(db_path: str, model: str = "bundled", load_in_4bit: bool = False):
             with gr.Tab("Steer", id="steer", elem_id="tab-steer"):
                 steer_parts = steer.build(lab, timer, persona_parts)
             with gr.Tab("Curate", id="curate", elem_id="tab-curate"):
-                curate.build(lab, timer)
+                curate.build(lab, timer, demo, kept["curate"])
             with gr.Tab("Heal", id="heal", elem_id="tab-heal"):
-                heal.build(lab, timer, persona_parts, steer_parts)
+                heal.build(lab, timer, persona_parts, steer_parts, demo, kept["heal"])
             with gr.Tab("Results", id="results", elem_id="tab-results"):
                 results.build(lab, timer, demo, kept["results"])
     demo.lab = lab

@@ -73,6 +73,24 @@ def error_html(what: str, message: str) -> str:
     return f"<div class='sh-error sh-refusal'>{html.escape(what)}: {html.escape(str(message))}</div>"
 
 
+def beside(fn: Callable, n_outputs: int, what: str = "Not done") -> Callable:
+    """fn's outputs plus "" for an error slot; on a refusal, its outputs left as they are and the
+    reason in that slot (beside the buttons, until the next action), never a raised error that
+    leaves bare red "Error" badges on the outputs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            out = friendly(fn)(*args)
+        except gr.Error as err:
+            message = getattr(err, "message", None) or str(err)
+            gr.Warning(message)
+            return (*(gr.skip(),) * n_outputs, error_html(what, message))
+        return (*(out if isinstance(out, tuple) else (out,)), "")
+
+    return wrapper
+
+
 def job_status_md(job: dict | None, what: str = "job", busy_bar: bool = False) -> str:
     """One readable line (with a progress bar) for a background job. busy_bar: a running job
     whose stage has no count gets a moving bar instead of none."""

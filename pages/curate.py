@@ -9,12 +9,14 @@ from collections import Counter
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, friendly
+from pages.common import Lab, beside, friendly
 from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.filters import FilterConfig
 
 COLUMNS = ["id", "alpha", "prompt", "text", "tail ppl", "repetition", "KL rmse", "auto", "human", "kept", "reasons"]
+# Wide enough for each header on one line (with the sort icon); prompt, text and reasons share the rest.
+COLUMN_WIDTHS = ["48px", "64px", "12%", "22%", "84px", "104px", "88px", "64px", "80px", "60px", "12%"]
 
 
 def set_choices(lab: Lab) -> list[tuple[str, str]]:
@@ -82,7 +84,8 @@ def table(rows: list[dict], cfg: FilterConfig) -> tuple[pd.DataFrame, dict[int, 
     return frame, autos, summary
 
 
-def build(lab: Lab, timer: gr.Timer) -> None:
+def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) -> None:
+    """saved: the set under review and the thresholds, kept in the browser across a refresh."""
     gr.Markdown("## Curate\nEvery completion with its filter scores. Move the thresholds to see what the "
                 "automatic filter would keep; click rows to select them, then approve or reject. A human "
                 "verdict overrides the automatic one and is saved at once.")
@@ -94,12 +97,12 @@ def build(lab: Lab, timer: gr.Timer) -> None:
                             elem_id="th-ppl")
         max_rep = gr.Slider(0.05, 1.0, value=FilterConfig.max_repetition, step=0.01, label="Max repetition",
                             elem_id="th-rep")
-        max_kl = gr.Slider(0, 10, value=0, step=0.05, label="Max KL rmse (0 = off)", elem_id="th-kl")
+        max_kl = gr.Slider(0, 10, value=0, step=0.05, label="Max KL rmse", info="0 = off", elem_id="th-kl")
         narration = gr.Checkbox(True, label="Drop trait narration", elem_id="th-narr")
         refusal = gr.Checkbox(True, label="Drop refusals / AI boilerplate", elem_id="th-ref")
     summary = gr.Markdown(elem_id="curate-summary")
     grid = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, max_height=520, elem_id="curate-table",
-                        column_widths=["4%", "5%", "17%", "30%", "6%", "7%", "6%", "5%", "7%", "4%", "9%"])
+                        column_widths=COLUMN_WIDTHS)
     selected = gr.State([])
     selected_md = gr.Markdown("No rows selected.", elem_id="curate-selected")
     with gr.Row():
@@ -111,6 +114,7 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         reject_dropped = gr.Button("Reject all the filter drops", elem_id="reject-dropped-btn")
         reset = gr.Button("Clear all human verdicts", elem_id="reset-btn")
         apply_th = gr.Button("Save these thresholds as the automatic verdicts", elem_id="apply-th-btn")
+    curate_error = gr.HTML(elem_id="curate-error")  # why a button did nothing, until the next selection
     with gr.Row():
         continue_btn = gr.Button("Continue the run with these verdicts", variant="primary", visible=False,
                                  elem_id="continue-btn")
@@ -202,12 +206,16 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         th.change(render, [which, *thresholds], [grid, summary, continue_btn], show_progress="hidden")
     reload_btn.click(sets, which, which)
     grid.select(select, [selected, grid], [selected, selected_md])
-    approve.click(lambda *a: mark(True, *a), [selected, which, *thresholds], [grid, summary, selected, selected_md])
-    reject.click(lambda *a: mark(False, *a), [selected, which, *thresholds], [grid, summary, selected, selected_md])
+    marked = [grid, summary, selected, selected_md, curate_error]
+    approve.click(beside(lambda *a: mark(True, *a), 4, "Not saved"), [selected, which, *thresholds], marked)
+    reject.click(beside(lambda *a: mark(False, *a), 4, "Not saved"), [selected, which, *thresholds], marked)
     clear_sel.click(lambda: ([], "No rows selected."), None, [selected, selected_md])
     for btn, kind in ((approve_kept, "approve"), (reject_dropped, "reject"), (reset, "reset"), (apply_th, "apply")):
-        btn.click(lambda key, *th, kind=kind: bulk(kind, key, *th), [which, *thresholds], [grid, summary])
-    continue_btn.click(continue_run, which, [continue_md, continue_btn])
+        btn.click(beside(lambda key, *th, kind=kind: bulk(kind, key, *th), 2, "Not saved"), [which, *thresholds],
+                  [grid, summary, curate_error])
+    continue_btn.click(beside(continue_run, 2, "Not continued"), which, [continue_md, continue_btn, curate_error])
+    gr.on([which.change, grid.select, clear_sel.click], lambda: "", None, curate_error, queue=False,
+          show_progress="hidden")
 
     def tick(current):
         """New sets appear on their own (a batch finishing, a run waiting for review)."""
@@ -218,3 +226,19 @@ def build(lab: Lab, timer: gr.Timer) -> None:
         return gr.update(choices=choices, value=values[0] if values else None)
 
     timer.tick(tick, which, which, show_progress="hidden")
+
+    def keep(key, *th):
+        return {"set": key, "thresholds": list(th)}
+
+    def restore(before):
+        """On page load: the set under review and the thresholds from before the refresh."""
+        choices = set_choices(lab)
+        values = [v for _, v in choices]
+        before = before if isinstance(before, dict) else {}
+        key = before.get("set") if before.get("set") in values else (values[0] if values else None)
+        th = before.get("thresholds")
+        th = th if isinstance(th, list) and len(th) == len(thresholds) else [gr.skip()] * len(thresholds)
+        return gr.update(choices=choices, value=key), *th
+
+    demo.load(restore, saved, [which, *thresholds], show_progress="hidden")
+    gr.on([which.change, *(t.change for t in thresholds)], keep, [which, *thresholds], saved, show_progress="hidden")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from pages.common import (Lab, as_float, as_int, clock, count, friendly, job_sta
                           preset_for, run_choices, vector_summary)
 from steerheal import jobs
 from steerheal.errors import SteerhealError
+from steerheal.evals.tinymfv_data import HUB_DATASET, demo_set, load_vignettes
 from steerheal.heal import MIN_EXAMPLES, HealConfig
 from steerheal.loop import RunConfig, start_run
 from steerheal.presets import default_contexts, persona_presets, read_lines
@@ -115,6 +117,61 @@ def run_uses_html(pos: str, neg: str, contexts_text: str, layers: str, vector_jo
     return f"<div class='sh-muted' id='heal-uses-line'>{line}.</div>"
 
 
+def run_stage_text(run: dict) -> str:
+    """The run's stage in words; a run cancelled while still queued never started."""
+    if run["status"] == "cancelled" and run.get("stage") in (None, "", "created"):
+        return "cancelled before it started"
+    return stage_parts(run.get("stage"))[0]
+
+
+def loop_settings(config: dict) -> dict:
+    """A stored run's Loop settings as the form shows them (keyed like the form's fields), so
+    picking an old run shows its own settings rather than the defaults."""
+    d, heal = RunConfig(), dict(config.get("heal") or {})
+    h = HealConfig(rank=16, lora_alpha=32, epochs=2)
+
+    def get(key, default):
+        value = config.get(key)
+        return default if value is None else value
+
+    return dict(rounds=get("rounds", d.rounds), alphas=", ".join(f"{float(a):g}" for a in get("alphas", d.alphas)),
+                n_completions=get("n_completions", d.n_completions),
+                max_new_tokens=get("max_new_tokens", d.max_new_tokens), curation=get("curation", d.curation),
+                agg=heal.get("agg", h.agg), tau=heal.get("tau", h.tau), lam=heal.get("lam", h.lam),
+                lam_power=heal.get("lam_power", h.lam_power), ref=heal.get("ref", h.ref),
+                random_control=bool(get("random_control", d.random_control)), rank=heal.get("rank", h.rank),
+                lr=heal.get("lr", h.lr), epochs=heal.get("epochs", h.epochs), eval_limit=get("eval_limit", 0),
+                think_tokens=get("think_tokens", d.think_tokens), probe_tokens=get("probe_tokens", d.probe_tokens),
+                seed=get("seed", d.seed))
+
+
+def tinymfv_data_html(env=None) -> str:
+    """Which tinymfv data a run started now will evaluate on (the worker has the app's
+    environment), and how to give it the real data."""
+    env = os.environ if env is None else env
+    how = ("To use the real data, start the app with <code>STEERHEAL_TINYMFV_DIR=/path/to/tinymfv</code> (the folder "
+           "of <code>vignettes_*.jsonl</code> files), or set <code>data_dir</code> in a run config for "
+           "<code>steerheal run</code>.")
+    folder = env.get("STEERHEAL_TINYMFV_DIR")
+    if folder:
+        try:
+            data = load_vignettes(data_dir=folder)
+        except SteerhealError as err:
+            return (f"<div class='sh-error' id='heal-data-line'><b>tinymfv data:</b> STEERHEAL_TINYMFV_DIR is "
+                    f"{html.escape(folder)}, but {html.escape(str(err))} A run that evaluates on tinymfv will fail "
+                    "until this is fixed.</div>")
+        return (f"<div class='sh-muted' id='heal-data-line'><b>tinymfv data:</b> {len(data.rows)} vignettes from "
+                f"<code>{html.escape(folder)}</code> (STEERHEAL_TINYMFV_DIR): comparable with published tinymfv "
+                "numbers.</div>")
+    demo = (f"the {len(demo_set().rows)} demo vignettes bundled with steerheal, marked <b>not comparable</b> with "
+            "tinymfv")
+    if env.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return f"<div class='sh-warn' id='heal-data-line'><b>tinymfv data:</b> {demo} (offline, and no " \
+               f"STEERHEAL_TINYMFV_DIR). {how}</div>"
+    return (f"<div class='sh-warn' id='heal-data-line'><b>tinymfv data:</b> the hub dataset {HUB_DATASET}, fetched "
+            f"when the run starts; if the hub cannot be reached, {demo}. {how}</div>")
+
+
 def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
     if not logs:
         return None
@@ -172,12 +229,14 @@ def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, cur
                      layers=layers_v or d.layers, model=model_name, heal=heal_cfg).validate()
 
 
-def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
+def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Blocks, saved: gr.BrowserState) -> dict:
+    """saved: the run this page follows, kept in the browser across a refresh."""
     d, h = RunConfig(), HealConfig(rank=16, lora_alpha=32, epochs=2)
     gr.Markdown("## Heal\nThe loop: per round, re-extract the vector, generate and filter completions, train a "
                 "LoRA with NLL + λ·relu(D − τ), bake it in, and evaluate (tinymfv + probes). Runs in the "
                 "background worker; this page follows it. The personas come from the Personas page.")
     with gr.Accordion("Loop settings", open=True):
+        settings_note = gr.Markdown(elem_id="heal-settings-note")
         with gr.Row():
             rounds = gr.Number(d.rounds, label=f"Rounds (min {MIN_ROUNDS})", precision=0, elem_id="heal-rounds")
             alphas = gr.Textbox(", ".join(f"{a:g}" for a in d.alphas), label="Strengths α", elem_id="heal-alphas")
@@ -213,6 +272,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
                              lab.store.job(vector_job_id) if vector_job_id else None, presets)
 
     gr.HTML(uses, inputs=uses_inputs, elem_id="heal-uses")
+    gr.HTML(tinymfv_data_html, elem_id="heal-data")
     with gr.Row():
         start = gr.Button("Start run", variant="primary", elem_id="start-run-btn", scale=0, min_width=160)
         start_md = gr.Markdown(elem_id="start-run-status")
@@ -284,7 +344,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
         busy = bool(job and job["status"] in BUSY)
         lines = [f"<div class='sh-job' id='run-state' data-status='{run['status']}'><b>run {run['id']}</b> "
                  f"<span class='sh-badge sh-{run['status']}'>{run['status']}</span> · "
-                 f"{html.escape(stage_parts(run['stage'])[0])}"
+                 f"{html.escape(run_stage_text(run))}"
                  "</div>"]
         if busy:
             lines.append(job_line(job, run))
@@ -338,6 +398,36 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict) -> dict:
 
     gr.on([f.input for f in fields], clear_error, note, [start_md, note], queue=False, show_progress="hidden")
     which.change(view, which, [progress, curve, cancel, resume])
+
+    # A picked run shows its own Loop settings; the run followed here survives a refresh.
+    settings = dict(rounds=rounds, alphas=alphas, n_completions=n_comp, max_new_tokens=max_tokens, curation=curation,
+                    agg=agg, tau=tau, lam=lam, lam_power=lam_power, ref=ref, random_control=random_control, rank=rank,
+                    lr=lr, epochs=epochs, eval_limit=eval_limit, think_tokens=think, probe_tokens=probe_tokens,
+                    seed=seed)
+
+    def show_settings(run_id):
+        if run_id is None:
+            return (gr.skip(),) * (len(settings) + 1)
+        run = lab.store.run(int(run_id))
+        values = loop_settings(run["config"])
+        return (*(values[k] for k in settings), f"<span class='sh-muted'>Showing run {run['id']}'s settings; change "
+                                                 "any of them and press Start run for a new run.</span>")
+
+    which.change(show_settings, which, [*settings.values(), settings_note], show_progress="hidden")
+    which.change(lambda r: {"run": r}, which, saved, show_progress="hidden")
+
+    def restore(before):
+        """On page load: the run followed before the refresh, else the newest run that is going."""
+        known = [r["id"] for r in lab.store.runs()]
+        rid = before.get("run") if isinstance(before, dict) else None
+        if rid not in known:
+            going = [r for r in known if busy_run(r)]
+            rid = going[-1] if going else None
+        if rid is None:
+            return gr.skip(), gr.skip()
+        return gr.update(choices=run_choices(lab.store), value=rid), {"run": rid} if busy_run(rid) else gr.skip()
+
+    demo.load(restore, saved, [which, note], show_progress="hidden")
     cancel.click(do_cancel, which, [progress, curve, cancel, resume])
     resume.click(do_resume, which, [progress, curve, cancel, resume])
 

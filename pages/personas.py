@@ -8,7 +8,7 @@ import altair as alt
 import gradio as gr
 import pandas as pd
 
-from pages.common import Lab, count, friendly, job_status_md, lab_vector_job, latest_job, preset_for
+from pages.common import Lab, count, error_html, friendly, job_status_md, lab_vector_job, latest_job, preset_for
 from steerheal import jobs
 from steerheal.config import PersonaPair
 from steerheal.errors import SteerhealError
@@ -28,13 +28,20 @@ def pair_warnings(pos: str, neg: str, contexts: list[str]) -> list[str]:
     """Signs of a weak pair that are worth a look before spending compute."""
     out = []
     for side, text in (("positive", pos), ("negative", neg)):
-        if 0 < len(text.strip()) < 15:
+        if not text.strip():
+            out.append(f"The {side} persona is empty: Extract needs both personas.")
+        elif len(text.strip()) < 15:
             out.append(f"The {side} persona is very short ({len(text.strip())} characters): describe the trait "
                        "in a full phrase.")
+    if pos.strip() and pos.strip().lower() == neg.strip().lower():
+        out.append("The two personas are identical: their difference, the steering vector, would be zero. Make "
+                   "them differ on the trait.")
     ratio = difflib.SequenceMatcher(None, pos.lower(), neg.lower()).ratio()
     if pos.strip() and neg.strip() and ratio > 0.9 and pos.strip().lower() != neg.strip().lower():
         out.append(f"The two personas are {ratio:.0%} the same text: make them differ clearly on the trait.")
-    if 0 < len(contexts) < 8:
+    if not contexts:
+        out.append("The context pool is empty: give at least one user message per line.")
+    elif len(contexts) < 8:
         out.append(f"Only {count(len(contexts), 'context')}: the mean difference will be noisy (the default pool "
                    "has 80).")
     return out
@@ -80,7 +87,9 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
     warnings = gr.HTML(elem_id="persona-warnings")
     with gr.Row():
         extract = gr.Button("Extract vector", variant="primary", elem_id="extract-btn", scale=0, min_width=180)
-        status = gr.HTML(elem_id="extract-status")
+        with gr.Column():
+            extract_error = gr.HTML(elem_id="extract-error")  # a refusal, until the pair or pool changes
+            status = gr.HTML(elem_id="extract-status")
     chart = gr.Plot(label="Per-layer norms", elem_id="norms-chart")
     vector_path = gr.State(None)
     vector_job = gr.State(None)  # the id of the vector job whose vector is in use (Steer and Heal say which)
@@ -104,9 +113,10 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
 
     for box in (pos, neg, contexts):
         box.change(check, [pos, neg, contexts], [warnings, preset, info], show_progress="hidden")
+        box.change(lambda: "", None, extract_error, queue=False, show_progress="hidden")
 
     @friendly
-    def submit(pos_text, neg_text, ctx_text):
+    def queue_extraction(pos_text, neg_text, ctx_text):
         PersonaPair(pos=pos_text, neg=neg_text).validate()
         ctx = read_lines(ctx_text)
         if not ctx:
@@ -115,7 +125,17 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
             raise SteerhealError(f"{len(ctx)} contexts is too many for one extraction: keep it under 5000.")
         jid = jobs.submit(lab.store, "vector", dict(model=lab.preview.model_name, load_in_4bit=lab.preview.load_in_4bit, pos=pos_text, neg=neg_text,
                                                     contexts=ctx))
-        return jid, job_status_md(lab.store.job(jid), "extraction")
+        return jid, job_status_md(lab.store.job(jid), "extraction"), ""
+
+    def submit(pos_text, neg_text, ctx_text):
+        """Queue the extraction, or say beside the button why not (until the pair or pool changes);
+        never raises, so no bare red "Error" badges are left behind."""
+        try:
+            return queue_extraction(pos_text, neg_text, ctx_text)
+        except gr.Error as err:
+            message = getattr(err, "message", None) or str(err)
+            gr.Warning(message)
+            return gr.skip(), gr.skip(), error_html("Not extracted", message)
 
     def in_use(res: dict, md: str) -> str:
         md += "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in norm_warnings(res))
@@ -158,7 +178,7 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
     outputs = [chart, status, vector_path, extract, vector_job]
     gr.on(None, restore, None, [preset, info, pos, neg, contexts, *outputs], show_progress="hidden")
     extract.click(lambda: gr.update(interactive=False), None, extract, queue=False).then(
-        submit, [pos, neg, contexts], [job_id, status]).then(
+        submit, [pos, neg, contexts], [job_id, status, extract_error]).then(
         refresh, [job_id, vector_path], outputs)
     timer.tick(refresh, [job_id, vector_path], outputs, show_progress="hidden")
     return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path, vector_job=vector_job)

@@ -6,11 +6,61 @@ previews must not overlap). Everything heavier goes to the worker as a job.
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from steerheal.errors import SteerhealError
+
+
+class _PairStreamer:
+    """A transformers streamer for a batch of two rows (base, steered): each decoding step's
+    two tokens go on a queue; None ends it."""
+
+    def __init__(self) -> None:
+        self.steps: queue.Queue = queue.Queue()
+        self.prompt = True
+
+    def put(self, value) -> None:
+        if self.prompt:  # the first put is the prompt itself
+            self.prompt = False
+            return
+        self.steps.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.steps.put(None)
+
+
+def _stop_when_set(event: threading.Event):
+    """A stopping criterion that ends generation once the consumer sets `event`."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
+
+
+def _shared_noise(seed: int):
+    """Sampling with one set of random numbers for both rows (Gumbel-max on the warped logits,
+    the same noise for every row): each row still samples from its own distribution, and where
+    the two distributions agree (alpha = 0) they pick the same token, so alpha = 0 reproduces
+    the base answer exactly, and a small alpha departs from it only where steering matters."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class SharedNoise(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def __call__(self, input_ids, scores):
+            u = torch.rand(scores.shape[-1], generator=self.generator).clamp_(1e-10, 1.0 - 1e-7)
+            return scores + (-torch.log(-torch.log(u))).to(device=scores.device, dtype=scores.dtype)
+
+    return SharedNoise()
 
 
 class PreviewService:
@@ -47,9 +97,17 @@ class PreviewService:
 
     def stream_pair(self, vector_path: str | None, prompt: str, alpha: float, layers: str, max_new_tokens: int,
                     seed: int) -> Iterator[tuple[str, str]]:
-        """Yield (base so far, steered so far): first the base answer streams, then the steered."""
+        """Yield (base so far, steered so far), token by token: base and steered decode together,
+        as one batch of two rows (alpha 0 and alpha) with shared random numbers. Closing the
+        iterator stops the generation."""
+        import torch
+        from transformers import (LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
+
+        from steerheal.batching import encode_left_padded
+        from steerheal.chat import chat_prompt
         from steerheal.config import GenerationConfig, LayerBand, SteerConfig
-        from steerheal.generate import stream
+        from steerheal.steering import RowAlphas, steer
 
         if not prompt or not prompt.strip():
             raise SteerhealError("The prompt is empty: type a message to answer.")
@@ -58,17 +116,62 @@ class PreviewService:
         LayerBand(layers).resolve(lm.n_layers)
         gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed).validate()
         steer_cfg = SteerConfig(alpha=alpha, layers=layers).validate()
+        tok = lm.tokenizer
+        text = chat_prompt(tok, prompt, gen.system_prompt)
+        batch = encode_left_padded(tok, [text, text], lm.device)
+        processors = LogitsProcessorList()
+        if not gen.greedy:
+            processors.append(TemperatureLogitsWarper(gen.temperature))
+            if gen.top_k:
+                processors.append(TopKLogitsWarper(gen.top_k))
+            if gen.top_p < 1:
+                processors.append(TopPLogitsWarper(gen.top_p))
+            processors.append(_shared_noise(seed))
+        stop = threading.Event()
+        streamer = _PairStreamer()
+        errors: list[BaseException] = []
+        rows = RowAlphas()
+        rows.set([0.0, alpha])
+        eos = tok.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    lm.model.generate(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], streamer=streamer,
+                        max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                        repetition_penalty=1.0, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+                        logits_processor=processors,
+                        stopping_criteria=StoppingCriteriaList([_stop_when_set(stop)]))
+            except BaseException as err:  # surfaced to the consumer below
+                errors.append(err)
+            finally:
+                streamer.end()
+
         if not self._lock.acquire(timeout=120):
             raise SteerhealError("Another preview is still running: try again in a moment.")
         try:
-            base = ""
-            for base in stream(lm, prompt, gen):
-                yield base, ""
-            steered = ""
-            for steered in stream(lm, prompt, gen, vector, steer_cfg):
-                yield base, steered
+            with steer(lm, vector, steer_cfg, row_alphas=rows):
+                thread = threading.Thread(target=run, daemon=True)
+                thread.start()
+                ids: list[list[int]] = [[], []]
+                done = [False, False]
+                try:
+                    while (step := streamer.steps.get(timeout=600)) is not None:
+                        for row, token in enumerate(step):
+                            if done[row] or token in eos_ids:
+                                done[row] = True
+                            else:
+                                ids[row].append(token)
+                        yield tuple(tok.decode(i, skip_special_tokens=True) for i in ids)
+                finally:
+                    stop.set()
+                    thread.join()
         finally:
             self._lock.release()
+        if errors:
+            raise errors[0]
 
     def token_kl(self, vector_path: str | None, prompt: str, text: str, alpha: float, layers: str,
                  system: str | None = None) -> list[tuple[str, float]]:

@@ -4,16 +4,18 @@ per-token KL against base; a batch of completions for curation as a background j
 from __future__ import annotations
 
 import html
+import logging
 
 import gradio as gr
 
-from pages.common import Lab, as_float, as_int, friendly, job_status_md, parse_floats, vector_summary
+from pages.common import Lab, as_float, as_int, error_html, friendly, job_status_md, parse_floats, vector_summary
 from steerheal import jobs
 from steerheal.config import LayerBand
 from steerheal.errors import SteerhealError
 from steerheal.presets import persona_presets
 
 KL_FULL_SCALE = 2.0  # nats at which the shading is darkest
+log = logging.getLogger("steerheal.app")
 
 
 def vector_html(job: dict | None, presets: dict, now: float | None = None) -> str:
@@ -37,6 +39,25 @@ def kl_html(tokens: list[tuple[str, float]], alpha: float) -> str:
     return f"<div class='sh-kl' id='kl-shaded' data-alpha='{alpha:g}'>{''.join(spans)}</div>{legend}"
 
 
+def refusal(err: BaseException) -> str:
+    """An error's message for the page (a SteerhealError or gr.Error as written, anything else
+    in one line)."""
+    return getattr(err, "message", None) or str(err) or type(err).__name__
+
+
+def preview_status_html(state: str, alpha: float | None = None) -> str:
+    """The line beside Preview: what is running, or how the last preview ended."""
+    a = f"{alpha:g}" if alpha is not None else "α"
+    text = {"starting": f"Loading: base (α = 0) and steered (α = {a}) will decode side by side, as one batch.",
+            "running": f"Generating base (α = 0) and steered (α = {a}) side by side, token by token…",
+            "shading": "Shading the steered text by KL against base…",
+            "done": "Done: base and steered from the same seed.",
+            "stopped": "Stopped: the answers above are partial (cut off by Stop).",
+            "error": "Not previewed: see the message beside the settings."}[state]
+    cls = "sh-warn" if state in ("stopped", "error") else "sh-muted"
+    return f"<div class='{cls}' id='preview-state' data-state='{state}'>{text}</div>"
+
+
 def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
     gr.Markdown("## Steer\nPreview the vector: the same prompt and seed answered without and with steering. "
                 "Negative strengths steer towards the negative persona.")
@@ -55,28 +76,51 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
                                     info="fractions of depth (0.45-0.55) or indices (13-15)")
                 max_tokens = gr.Number(64, label="Max tokens", precision=0, elem_id="steer-max-tokens")
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="steer-seed")
+            steer_error = gr.HTML(elem_id="steer-error")  # a refusal, until one of these settings changes
     with gr.Row():
         go = gr.Button("Preview", variant="primary", elem_id="preview-btn", scale=0, min_width=160)
         stop = gr.Button("Stop", elem_id="preview-stop", scale=0, min_width=100)
+        preview_status = gr.HTML(elem_id="preview-status")
+    preview_state = gr.State("idle")
     with gr.Row(equal_height=True):
         base_out = gr.Textbox(label="Base (α = 0)", lines=8, interactive=False, elem_id="base-out")
         steered_out = gr.Textbox(label="Steered", lines=8, interactive=False, elem_id="steered-out")
     shaded = gr.HTML(elem_id="kl-view")
 
-    @friendly
     def preview(vector_path, prompt_text, a, band, n_tokens, seed_value):
-        a = as_float(a, "Strength α", -100, 100)
-        n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
-        seed_value = as_int(seed_value, "Seed", 0)
-        LayerBand(band)  # syntax check before the model loads
-        steered = ""
-        for base, steered in lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value):
-            yield base, steered, gr.skip()
-        yield gr.skip(), gr.skip(), kl_html(lab.preview.token_kl(vector_path, prompt_text, steered, a, band), a)
+        """Stream base and steered side by side, then shade the steered text. A refusal (a layer
+        band outside the model, a bad number, no vector) goes beside the settings and stays until
+        one changes; it never raises, so the answers on the page are kept and no bare red "Error"
+        badges are left."""
+        skip3 = (gr.skip(),) * 3
+        try:
+            a = as_float(a, "Strength α", -100, 100)
+            n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
+            seed_value = as_int(seed_value, "Seed", 0)
+            LayerBand(band)  # syntax check before the model loads
+            yield gr.skip(), gr.skip(), "", preview_status_html("starting", a), "", "running"  # old shading off
+            steered = ""
+            for base, steered in lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value):
+                yield base, steered, gr.skip(), preview_status_html("running", a), gr.skip(), gr.skip()
+            yield (*skip3, preview_status_html("shading", a), gr.skip(), gr.skip())
+            shading = kl_html(lab.preview.token_kl(vector_path, prompt_text, steered, a, band), a)
+            yield gr.skip(), gr.skip(), shading, preview_status_html("done", a), gr.skip(), "done"
+        except Exception as err:  # noqa: BLE001 - every refusal goes beside the settings
+            if not isinstance(err, (SteerhealError, gr.Error)):
+                log.exception("unexpected error in the preview")
+                message = f"Something went wrong ({type(err).__name__}: {err}). The details are in the server log."
+            else:
+                message = refusal(err)
+            gr.Warning(message)
+            yield (*skip3, preview_status_html("error"), error_html("Not previewed", message), "error")
 
     event = go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed],
-                     [base_out, steered_out, shaded], concurrency_limit=1)
-    stop.click(None, cancels=[event])
+                     [base_out, steered_out, shaded, preview_status, steer_error, preview_state],
+                     concurrency_limit=1)
+    stop.click(lambda state: (preview_status_html("stopped"), "stopped") if state == "running" else (gr.skip(),) * 2,
+               preview_state, [preview_status, preview_state], cancels=[event], queue=False)
+    for box in (prompt, alpha, layers, max_tokens, seed):
+        box.change(lambda: "", None, steer_error, queue=False, show_progress="hidden")
 
     gr.Markdown("### A batch for curation\nGenerate completions over several strengths in the background; "
                 "the Curate page shows them with every filter score.")
@@ -85,11 +129,24 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
         alphas = gr.Textbox("2, 3, 4", label="Strengths (comma-separated)", elem_id="batch-alphas")
         batch_tokens = gr.Number(48, label="Max tokens", precision=0, elem_id="batch-max-tokens")
         batch_go = gr.Button("Generate for curation", elem_id="batch-btn", scale=0, min_width=200)
+    batch_error = gr.HTML(elem_id="batch-error")  # a refusal, until one of the batch's settings changes
     batch_status = gr.HTML(elem_id="batch-status")
     batch_job = gr.State(None)
 
+    def submit_batch(*values):
+        """Queue the batch, or say beside the button why not (never raises: the button comes back)."""
+        try:
+            jid, md = queue_batch(*values)
+        except Exception as err:  # noqa: BLE001
+            if not isinstance(err, (SteerhealError, gr.Error)):
+                log.exception("unexpected error queueing a batch")
+            message = refusal(err)
+            gr.Warning(message)
+            return gr.skip(), gr.skip(), error_html("Not started", message)
+        return jid, md, ""
+
     @friendly
-    def submit_batch(vector_path, count, alpha_text, band, n_tokens, seed_value):
+    def queue_batch(vector_path, count, alpha_text, band, n_tokens, seed_value):
         if not vector_path:
             raise SteerhealError("No steering vector yet: extract one on the Personas page first.")
         count = as_int(count, "Completions", 1, 2000)
@@ -103,7 +160,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
 
     def poll(jid):
         if not jid:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.update(interactive=True)
         job = lab.store.job(jid)
         md = job_status_md(job, "generation")
         if job["status"] == "completed":
@@ -112,7 +169,10 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
         return md, gr.update(interactive=job["status"] not in ("queued", "running"))
 
     batch_go.click(lambda: gr.update(interactive=False), None, batch_go, queue=False).then(
-        submit_batch, [personas["vector_path"], n, alphas, layers, batch_tokens, seed], [batch_job, batch_status]).then(
+        submit_batch, [personas["vector_path"], n, alphas, layers, batch_tokens, seed],
+        [batch_job, batch_status, batch_error]).then(
         poll, batch_job, [batch_status, batch_go])
     timer.tick(poll, batch_job, [batch_status, batch_go], show_progress="hidden")
+    for box in (n, alphas, batch_tokens, layers, seed, personas["vector_path"]):
+        box.change(lambda: "", None, batch_error, queue=False, show_progress="hidden")
     return dict(layers=layers)

@@ -211,3 +211,67 @@ def test_run_pickers_name_a_custom_pair_and_a_run_cancelled_before_it_started(tm
     (label, _), = run_choices(store)
     assert label == "run 1 · running · 2 rounds · custom pair 'someone who always stops to…'"
     assert "care-over-authority" not in label
+
+
+def test_a_picked_run_shows_its_own_loop_settings_and_a_never_started_run_says_so():
+    """Issue 16, item 6: picking an old run on Heal fills the Loop settings with that run's values."""
+    from pages.heal import loop_settings, run_stage_text
+
+    cfg = _form(rounds=2, alphas="2, 5.5", n=8, tokens=24, curation="manual", tau=0.7, rank=8, epochs=3, limit=5,
+                think=3, probe=20, seed=7, random=True).to_dict()
+    shown = loop_settings(cfg)
+    assert shown == dict(rounds=2, alphas="2, 5.5", n_completions=8, max_new_tokens=24, curation="manual",
+                         agg="rmse", tau=0.7, lam=0.3, lam_power=0.0, ref="base", random_control=True, rank=8,
+                         lr=1e-4, epochs=3, eval_limit=5, think_tokens=3, probe_tokens=20, seed=7)
+    assert loop_settings({"rounds": 1})["alphas"] == "2, 3, 4"  # an old config lacking a key: the default
+    assert run_stage_text(dict(status="cancelled", stage="created")) == "cancelled before it started"
+    assert run_stage_text(dict(status="running", stage="created")) == "starting"
+    assert run_stage_text(dict(status="cancelled", stage="round 0: heal step 2/6")).startswith("round 0: training")
+
+
+def test_the_heal_page_says_which_tinymfv_data_a_run_will_use(tmp_path):
+    """Issue 16, item 4: before a run, the real data folder or the demo set (not comparable) and how to
+    point the app at the real data."""
+    from pages.heal import tinymfv_data_html
+
+    line = tinymfv_data_html({"STEERHEAL_TINYMFV_DIR": "/work/shared/tinymfv"}) if \
+        __import__("pathlib").Path("/work/shared/tinymfv/vignettes_classic_other_violate.jsonl").is_file() else None
+    if line is not None:
+        assert "132 vignettes from" in line and "comparable with published" in line
+    offline = tinymfv_data_html({"HF_HUB_OFFLINE": "1"})
+    assert "28 demo vignettes" in offline and "not comparable" in offline
+    assert "STEERHEAL_TINYMFV_DIR" in offline and "data_dir" in offline
+    online = tinymfv_data_html({})
+    assert "wassname/tiny-mfv" in online and "28 demo vignettes" in online
+    broken = tinymfv_data_html({"STEERHEAL_TINYMFV_DIR": str(tmp_path / "nowhere")})
+    assert "sh-error" in broken and "nowhere" in broken and "will fail" in broken
+
+
+def test_warnings_before_extract_and_fonts_that_render_whole_words():
+    """Issue 16, items 8 and 12: an empty or identical persona warns inline before Extract; bold text
+    never asks for the bundled SemiBold files that hold only a few glyphs (the small leading "A")."""
+    from pages.common import FONTS, theme
+
+    assert any("positive persona is empty" in w for w in pair_warnings("", "someone who obeys orders", ["a"] * 8))
+    assert any("identical" in w for w in pair_warnings("someone who obeys orders", "Someone who obeys orders ",
+                                                       ["a"] * 8))
+    assert any("context pool is empty" in w for w in pair_warnings("someone who cares", "someone who obeys", []))
+    css = "".join(f.stylesheet()["css"] for f in FONTS)
+    assert theme().font.startswith("'Source Sans Pro'") and theme().font_mono.startswith("'IBM Plex Mono'")
+    assert "SemiBold" not in css and "font-weight: 600" not in css and "Bold.woff2" in css
+
+
+def test_a_refused_button_says_why_beside_it_instead_of_raising():
+    """Issue 16, item 8: a refusal leaves the outputs as they are and puts the reason in an error
+    slot; it never raises (a raised error leaves bare red "Error" badges on the outputs)."""
+    import gradio as gr
+
+    from pages.common import beside
+
+    def refuse(_):
+        raise SteerhealError("Select rows first: click them in the table.")
+
+    out = beside(refuse, 2, "Not saved")(1)
+    assert len(out) == 3 and all(isinstance(o, type(gr.skip())) for o in out[:2])
+    assert "Not saved: Select rows first" in out[2] and "sh-error" in out[2]
+    assert beside(lambda x: (x, x + 1), 2)(1) == (1, 2, "")
