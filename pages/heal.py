@@ -15,6 +15,7 @@ import pandas as pd
 
 from pages.common import (Lab, as_float, as_int, clock, count, friendly, job_status_md, pair_label, parse_floats,
                           preset_for, run_choices, vector_summary)
+from pages.science import stop_note
 from steerheal import jobs
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import HUB_DATASET, demo_set, load_vignettes
@@ -86,6 +87,8 @@ def start_note_md(run: dict, job: dict | None) -> str:
     if job and job["status"] == "running":
         return f"Run **{rid}** is running{what}: {html.escape(stage_parts(run['stage'])[0])}."
     status = run["status"]
+    if status == "completed" and run.get("stop_reason"):
+        return f"Run **{rid}** completed (stopped early): {html.escape(run['stop_reason'])}."
     if status == "completed":
         return f"Run **{rid}** completed: its charts are on the Results page."
     if status == "waiting":
@@ -142,7 +145,10 @@ def loop_settings(config: dict) -> dict:
                 random_control=bool(get("random_control", d.random_control)), rank=heal.get("rank", h.rank),
                 lr=heal.get("lr", h.lr), epochs=heal.get("epochs", h.epochs), eval_limit=get("eval_limit", 0),
                 think_tokens=get("think_tokens", d.think_tokens), probe_tokens=get("probe_tokens", d.probe_tokens),
-                seed=get("seed", d.seed))
+                seed=get("seed", d.seed), tinymfv={"on": "full"}.get(get("tinymfv", "on"), get("tinymfv", "on")),
+                axis_limit=get("axis_limit", 0), drift_prompts=get("drift_prompts", 40),
+                drift_tokens=get("drift_tokens", d.drift_tokens),
+                incoherence_ceiling=get("incoherence_ceiling", d.incoherence_ceiling))
 
 
 def tinymfv_data_html(env=None) -> str:
@@ -195,8 +201,10 @@ def loss_chart(logs: list[dict], tau: float | None) -> alt.Chart | None:
 
 def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, curation_v, agg_v, tau_v, lam_v,
                          power_v, ref_v, rank_v, lr_v, epochs_v, limit_v, think_v, probe_v, seed_v, random_v, pos_v,
-                         neg_v, contexts_v, layers_v) -> RunConfig:
-    """The Heal form's values as a validated RunConfig (a SteerhealError says what to change)."""
+                         neg_v, contexts_v, layers_v, tinymfv_v="auto", axis_limit_v=0, drift_prompts_v=32,
+                         drift_tokens_v=32, ceiling_v=2.0, items_v=None) -> RunConfig:
+    """The Heal form's values as a validated RunConfig (a SteerhealError says what to change).
+    tinymfv "auto" with a number of rows asks for tinymfv on that many rows (a subset)."""
     d, h = RunConfig(), HealConfig(rank=16, lora_alpha=32, epochs=2)
     for label, value in (("Positive persona", pos_v), ("Negative persona", neg_v), ("Context pool", contexts_v),
                          ("Layer band", layers_v), ("Strengths", alphas_v)):
@@ -218,8 +226,17 @@ def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, cur
     heal_cfg = replace(h, agg=agg_v, tau=as_float(tau_v, "τ"), lam=as_float(lam_v, "λ"),
                        lam_power=as_float(power_v, "λ power"), ref=ref_v, rank=rank_i, lora_alpha=2 * rank_i,
                        lr=as_float(lr_v, "Learning rate", 0), epochs=as_int(epochs_v, "Epochs", 1, 1000))
+    if tinymfv_v not in ("auto", "off", "subset", "full"):
+        raise SteerhealError("tinymfv must be auto, off, subset or full.")
+    tinymfv = "subset" if tinymfv_v == "auto" and limit else tinymfv_v
+    axis_limit = as_int(axis_limit_v, "Axis items", 0)
+    drift_prompts = as_int(drift_prompts_v, "Incoherence prompts", 2, 40)
     return RunConfig(rounds=rounds, alphas=tuple(parse_floats(alphas_v, "strength")),
-                     n_completions=n_completions,
+                     n_completions=n_completions, tinymfv=tinymfv, axis_limit=axis_limit or None,
+                     drift_prompts=drift_prompts,
+                     drift_tokens=as_int(drift_tokens_v, "Incoherence tokens", 2, 2048),
+                     incoherence_ceiling=as_float(ceiling_v, "Stop above incoherence"),
+                     axis_items=items_v or None,
                      max_new_tokens=as_int(tokens_v, "Max tokens", 1, 4096), curation=curation_v,
                      eval_limit=limit or None, think_tokens=as_int(think_v, "Think tokens", 1, 4096),
                      seed=as_int(seed_v, "Seed", 0), random_control=bool(random_v),
@@ -259,11 +276,22 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
             rank = gr.Number(h.rank, label="LoRA rank", precision=0, elem_id="heal-rank")
             lr = gr.Number(h.lr, label="Learning rate", elem_id="heal-lr")
             epochs = gr.Number(h.epochs, label="Epochs (min 1)", precision=0, elem_id="heal-epochs")
-            eval_limit = gr.Number(0, label="Eval rows (0 = all)", precision=0, elem_id="heal-eval-limit")
+            eval_limit = gr.Number(0, label="tinymfv rows (0 = all)", precision=0, elem_id="heal-eval-limit")
             think = gr.Number(d.think_tokens, label="Think tokens T", precision=0, elem_id="heal-think")
             probe_tokens = gr.Number(d.probe_tokens, label="Probe answer tokens", precision=0,
                                      elem_id="heal-probe-tokens")
             seed = gr.Number(d.seed, label="Seed", precision=0, elem_id="heal-seed")
+        with gr.Row():
+            tinymfv = gr.Dropdown(["auto", "off", "subset", "full"], value=d.tinymfv, label="tinymfv",
+                                  elem_id="heal-tinymfv", info="auto: off on the bundled model (it cannot answer "
+                                                               "the format), all rows otherwise; rows > 0: a subset")
+            axis_limit = gr.Number(0, label="Axis items (0 = all held-out)", precision=0, elem_id="heal-axis-limit")
+            drift_prompts = gr.Number(d.drift_prompts, label="Incoherence prompts (of 40)", precision=0,
+                                      elem_id="heal-drift-prompts")
+            drift_tokens = gr.Number(d.drift_tokens, label="Incoherence tokens", precision=0,
+                                     elem_id="heal-drift-tokens")
+            ceiling = gr.Number(d.incoherence_ceiling, label="Stop above incoherence (nats)",
+                                elem_id="heal-ceiling", info="healed KL rmse to base above the base's")
     presets = persona_presets()
     uses_inputs = [personas["pos"], personas["neg"], personas["contexts"], steer["layers"], personas["vector_job"]]
 
@@ -286,7 +314,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
 
     fields = [rounds, alphas, n_comp, max_tokens, curation, agg, tau, lam, lam_power, ref, rank, lr, epochs,
               eval_limit, think, probe_tokens, seed, random_control, personas["pos"], personas["neg"],
-              personas["contexts"], steer["layers"]]
+              personas["contexts"], steer["layers"], tinymfv, axis_limit, drift_prompts, drift_tokens, ceiling,
+              personas["items"]]
 
     def submit(*values):
         """Queue the run, or say beside the button what to change. Never raises: a raised error
@@ -353,6 +382,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
                          "page, then press <b>Continue the run</b> there.</div>")
         if run.get("error") and run["status"] in RESUMABLE:
             lines.append(f"<div class='sh-error'>{html.escape(run['error'])}</div>")
+        lines.append(stop_note(run))
         done = [r["round"] for r in lab.store.rows("rounds", run["id"]) if r["status"] == "completed"]
         lines.append(f"<div class='sh-muted'>rounds completed: {len(done)} of {run['config'].get('rounds')}</div>")
         return "".join(lines), gr.update(interactive=busy), gr.update(interactive=not busy and run["status"] in RESUMABLE)
@@ -396,14 +426,15 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
             return "", None
         return gr.skip(), gr.skip()
 
-    gr.on([f.input for f in fields], clear_error, note, [start_md, note], queue=False, show_progress="hidden")
+    gr.on([f.input for f in fields if not isinstance(f, gr.State)], clear_error, note, [start_md, note], queue=False, show_progress="hidden")
     which.change(view, which, [progress, curve, cancel, resume])
 
     # A picked run shows its own Loop settings; the run followed here survives a refresh.
     settings = dict(rounds=rounds, alphas=alphas, n_completions=n_comp, max_new_tokens=max_tokens, curation=curation,
                     agg=agg, tau=tau, lam=lam, lam_power=lam_power, ref=ref, random_control=random_control, rank=rank,
                     lr=lr, epochs=epochs, eval_limit=eval_limit, think_tokens=think, probe_tokens=probe_tokens,
-                    seed=seed)
+                    seed=seed, tinymfv=tinymfv, axis_limit=axis_limit, drift_prompts=drift_prompts,
+                    drift_tokens=drift_tokens, incoherence_ceiling=ceiling)
 
     def show_settings(run_id):
         if run_id is None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import html
+import shutil
+from pathlib import Path
 
 import altair as alt
 import gradio as gr
 import pandas as pd
 
 from pages.common import Lab, count, error_html, friendly, job_status_md, lab_vector_job, latest_job, preset_for
+from pages.science import items_note
 from steerheal import jobs
 from steerheal.config import PersonaPair
 from steerheal.errors import SteerhealError
@@ -91,6 +96,11 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
             extract_error = gr.HTML(elem_id="extract-error")  # a refusal, until the pair or pool changes
             status = gr.HTML(elem_id="extract-status")
     chart = gr.Plot(label="Per-layer norms", elem_id="norms-chart")
+    with gr.Row():
+        items_file = gr.File(label="Axis items for a pair of your own (JSONL: one {\"prompt\", \"pos\", \"neg\"} "
+                                   "per line)", file_types=[".jsonl"], type="filepath", elem_id="items-file", scale=1)
+        items_md = gr.HTML(items_note(first, False, None), elem_id="items-note-box")
+    items_path = gr.State(None)  # the checked file, copied beside the store: runs started on Heal score with it
     vector_path = gr.State(None)
     vector_job = gr.State(None)  # the id of the vector job whose vector is in use (Steer and Heal say which)
     job_id = gr.State(None)
@@ -111,8 +121,23 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
         return ("".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in items),
                 gr.update(value=name or CUSTOM), preset_info(name, presets))
 
+    def check_items(pos_text, neg_text, uploaded):
+        """Whether the pair has axis items; an uploaded file is checked (errors name file:line) and,
+        when good, kept beside the store for the runs started on Heal."""
+        name = preset_for(pos_text, neg_text, presets)
+        if not uploaded:
+            return items_note(name or first, name is None, None), None
+        note = items_note(name or first, name is None, uploaded)
+        if "sh-error" in note:
+            return note.replace(html.escape(str(uploaded)), html.escape(Path(uploaded).name)), None
+        kept = lab.store.lab_dir() / f"axis-items-{hashlib.sha256(Path(uploaded).read_bytes()).hexdigest()[:12]}.jsonl"
+        shutil.copyfile(uploaded, kept)
+        return items_note(name or first, name is None, str(kept)), str(kept)
+
     for box in (pos, neg, contexts):
         box.change(check, [pos, neg, contexts], [warnings, preset, info], show_progress="hidden")
+    for trigger in (pos.change, neg.change, items_file.change):
+        trigger(check_items, [pos, neg, items_file], [items_md, items_path], show_progress="hidden")
         box.change(lambda: "", None, extract_error, queue=False, show_progress="hidden")
 
     @friendly
@@ -181,4 +206,5 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
         submit, [pos, neg, contexts], [job_id, status, extract_error]).then(
         refresh, [job_id, vector_path], outputs)
     timer.tick(refresh, [job_id, vector_path], outputs, show_progress="hidden")
-    return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path, vector_job=vector_job)
+    return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path, vector_job=vector_job,
+                items=items_path)

@@ -71,7 +71,8 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     # Heal: a one-round loop with tiny settings, followed live to the end.
     tab(page, "Heal")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 6), ("heal-max-tokens", 16), ("heal-epochs", 1),
-                           ("heal-eval-limit", 3), ("heal-think", 1), ("heal-probe-tokens", 12)):
+                           ("heal-eval-limit", 3), ("heal-think", 1), ("heal-probe-tokens", 12),
+                           ("heal-axis-limit", 4), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     page.locator("#start-run-status").get_by_text(re.compile(r"Run \d+ queued")).wait_for(timeout=30_000)
@@ -111,6 +112,12 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     page.keyboard.press("Escape")
     page.locator("#chart-auth .vega-embed").wait_for(timeout=60_000)
     page.locator("#chart-incoherence .vega-embed").wait_for(timeout=60_000)
+    # Issue 17: the method's questions lead, with the axis and offline-incoherence charts.
+    questions = page.locator("#results-questions")
+    expect(questions).to_contain_text("Q1 does heal remove the incoherence", timeout=60_000)
+    assert questions.locator("[data-verdict]").count() == 6
+    page.locator("#chart-axis .vega-embed").wait_for(timeout=60_000)
+    page.locator("#chart-drift .vega-embed").wait_for(timeout=60_000)
     page.locator("#probe-answers").get_by_text("Do you love humanity").first.wait_for(timeout=60_000)
     shot(page, "6-results")
 

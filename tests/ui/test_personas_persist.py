@@ -32,6 +32,15 @@ def test_a_custom_pair_and_its_vector_survive_a_refresh(app_url, browser, shot):
     expect(info).to_contain_text("Custom pair", timeout=10_000)
     expect(info).not_to_contain_text("Care over authority")
     expect(page.locator("#persona-preset input")).to_have_value("custom")
+    # Issue 17: a pair of your own has no axis items; a file given for it is checked, its errors named by line.
+    items = page.locator("#items-note-box")
+    expect(items).to_contain_text("no axis items", timeout=10_000)
+    bad = tmp / "my-items.jsonl"
+    bad.write_text('{"prompt": "A stranger fell. Help?", "pos": "Yes, at once.", "neg": "No, walk on."}\n'
+                   '{"prompt": "A child is lost.", "pos": ""}\n')
+    page.locator("#items-file input[type=file]").set_input_files(str(bad))
+    expect(items).to_contain_text("my-items.jsonl:2: missing field neg", timeout=20_000)
+    shot(page, "personas-items-error")
     page.locator("#extract-btn").click()
     page.locator("#extract-status").get_by_text("The Steer page uses it now").wait_for(timeout=LONG)
 
@@ -62,7 +71,8 @@ def test_a_custom_pair_and_its_vector_survive_a_refresh(app_url, browser, shot):
     expect(uses).to_contain_text("the Steer page previews the same pair and contexts")
     shot(page, "heal-uses-line")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 4), ("heal-max-tokens", 4), ("heal-epochs", 1),
-                           ("heal-eval-limit", 1), ("heal-think", 1), ("heal-probe-tokens", 2)):
+                           ("heal-eval-limit", 1), ("heal-think", 1), ("heal-probe-tokens", 2),
+                           ("heal-axis-limit", 4), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     expect(page.locator("#start-run-status")).to_contain_text(re.compile(r"Run \d+ (queued|is running)"),

@@ -222,7 +222,9 @@ def test_a_picked_run_shows_its_own_loop_settings_and_a_never_started_run_says_s
     shown = loop_settings(cfg)
     assert shown == dict(rounds=2, alphas="2, 5.5", n_completions=8, max_new_tokens=24, curation="manual",
                          agg="rmse", tau=0.7, lam=0.3, lam_power=0.0, ref="base", random_control=True, rank=8,
-                         lr=1e-4, epochs=3, eval_limit=5, think_tokens=3, probe_tokens=20, seed=7)
+                         lr=1e-4, epochs=3, eval_limit=5, think_tokens=3, probe_tokens=20, seed=7,
+                         tinymfv="subset", axis_limit=0, drift_prompts=32, drift_tokens=32, incoherence_ceiling=2.0)
+    assert loop_settings({"tinymfv": "on"})["tinymfv"] == "full"  # "on" in runs from before tinymfv modes
     assert loop_settings({"rounds": 1})["alphas"] == "2, 3, 4"  # an old config lacking a key: the default
     assert run_stage_text(dict(status="cancelled", stage="created")) == "cancelled before it started"
     assert run_stage_text(dict(status="running", stage="created")) == "starting"

@@ -37,3 +37,29 @@ def test_the_items_note_says_whether_a_pair_can_be_scored(tmp_path):
     assert "mine.jsonl:2: not valid JSON" in items_note("care-over-authority", True, str(path))
     path.write_text(json.dumps({"prompt": "p", "pos": "a", "neg": "b", "split": "eval"}) + "\n")
     assert "Axis items: 1 from" in items_note("care-over-authority", True, str(path))
+
+
+def test_the_heal_page_says_a_run_stopped_early_and_why():
+    from pages.heal import start_note_md
+    from pages.science import stop_note
+
+    run = {"id": 3, "status": "completed", "stage": "done",
+           "stop_reason": "stopped early after round 0 of 3: healed incoherence 2.6 > base 0.0 + ceiling 2"}
+    assert "completed (stopped early)" in start_note_md(run, None) and "round 0 of 3" in start_note_md(run, None)
+    assert "stopped-early-3" in stop_note(run) and stop_note({**run, "stop_reason": None}) == ""
+    assert "completed: its charts" in start_note_md({**run, "stop_reason": None}, None)
+
+
+def test_the_heal_form_sets_tinymfv_and_the_instruments():
+    import pytest
+
+    from steerheal.errors import SteerhealError
+    from tests.unit.test_pages import _form
+
+    assert _form(limit=3).tinymfv == "subset"  # rows asked for on "auto": tinymfv on that many rows
+    assert _form(limit=0).tinymfv == "auto" and _form(limit=0).tinymfv_mode() == "off"
+    small = _form(tinymfv="off", axis_limit=4, drift_prompts=2, drift_tokens=4, ceiling=1.5)
+    assert (small.axis_limit, small.drift_prompts, small.drift_tokens, small.incoherence_ceiling) == (4, 2, 4, 1.5)
+    assert _form(tinymfv="auto", axis_limit=0).axis_limit is None  # 0 = every held-out item
+    with pytest.raises(SteerhealError, match="Incoherence prompts"):
+        _form(tinymfv="auto", axis_limit=0, drift_prompts=50)
