@@ -227,8 +227,12 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
 
     timer.tick(tick, which, which, show_progress="hidden")
 
-    def keep(key, *th):
-        return {"set": key, "thresholds": list(th)}
+    def keep(key, *values):
+        """Remember the set and thresholds; skip when nothing changed, since writing a BrowserState
+        from a .change listener fires that .change again."""
+        *th, before = values
+        now = {"set": key, "thresholds": list(th)}
+        return gr.skip() if now == before else now
 
     def restore(before):
         """On page load: the set under review and the thresholds from before the refresh."""
@@ -241,4 +245,5 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
         return gr.update(choices=choices, value=key), *th
 
     demo.load(restore, saved, [which, *thresholds], show_progress="hidden")
-    gr.on([which.change, *(t.change for t in thresholds)], keep, [which, *thresholds], saved, show_progress="hidden")
+    gr.on([which.change, *(t.change for t in thresholds)], keep, [which, *thresholds, saved], saved,
+          show_progress="hidden")

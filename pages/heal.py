@@ -333,9 +333,9 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
                 message = (f"Something went wrong ({type(err).__name__}: {err}). The details are in the server "
                            "log.")
             gr.Warning(message)
-            return start_error_md(message), gr.skip(), gr.update(interactive=True), {"error": message}
+            return start_error_md(message), gr.skip(), gr.update(interactive=True), {"error": message}, gr.skip()
         return (f"Run **{run_id}** queued (job {jid}).", gr.update(choices=run_choices(lab.store), value=run_id),
-                gr.update(interactive=False), {"run": run_id})
+                gr.update(interactive=False), {"run": run_id}, {"run": run_id})
 
     def loop_job(run_id):
         found = lab.store.jobs(limit=1, kind="loop", run_id=run_id)
@@ -419,7 +419,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
     note = gr.State(None)  # what the line beside Start run shows: {"error": text} or {"run": id, "md": text}
 
     start.click(lambda: (gr.update(interactive=False), ""), None, [start, start_md], queue=False).then(
-        submit, fields, [start_md, which, start, note])
+        submit, fields, [start_md, which, start, note, saved])
 
     def clear_error(current):
         if current and "error" in current:
@@ -445,7 +445,9 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
                                                  "any of them and press Start run for a new run.</span>")
 
     which.change(show_settings, which, [*settings.values(), settings_note], show_progress="hidden")
-    which.change(lambda r: {"run": r}, which, saved, show_progress="hidden")
+    # Saved on a person's pick (and by Start run), never from .change: a BrowserState written by a
+    # .change listener re-fires that .change, again and again (redrawing and refilling the form).
+    which.input(lambda r: {"run": r}, which, saved, show_progress="hidden")
 
     def restore(before):
         """On page load: the run followed before the refresh, else the newest run that is going."""

@@ -136,9 +136,9 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
 
     for box in (pos, neg, contexts):
         box.change(check, [pos, neg, contexts], [warnings, preset, info], show_progress="hidden")
+        box.change(lambda: "", None, extract_error, queue=False, show_progress="hidden")
     for trigger in (pos.change, neg.change, items_file.change):
         trigger(check_items, [pos, neg, items_file], [items_md, items_path], show_progress="hidden")
-        box.change(lambda: "", None, extract_error, queue=False, show_progress="hidden")
 
     @friendly
     def queue_extraction(pos_text, neg_text, ctx_text):

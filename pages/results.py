@@ -163,7 +163,8 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
     picked.change(export_choice, [picked, export_run], [export_run, export_round], show_progress="hidden")
     export_run.change(lambda r: gr.update(label=export_round_label([r] if r is not None else [])), export_run,
                       export_round, show_progress="hidden")
-    picked.change(lambda r: [int(x) for x in r or []], picked, saved, show_progress="hidden")
+    # saved on a person's pick: a BrowserState written from .change re-fires .change (a redraw loop)
+    picked.input(lambda r: [int(x) for x in r or []], picked, saved, show_progress="hidden")
     demo.load(lambda before: gr.update(choices=run_choices(lab.store), value=picked_runs(before, lab.store)), saved,
               picked, show_progress="hidden")
     refresh.click(lambda r, k: draw(r, k, True), [picked, shown_key], outputs).then(

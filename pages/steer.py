@@ -87,12 +87,17 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
         steered_out = gr.Textbox(label="Steered", lines=8, interactive=False, elem_id="steered-out")
     shaded = gr.HTML(elem_id="kl-view")
 
-    def preview(vector_path, prompt_text, a, band, n_tokens, seed_value):
-        """Stream base and steered side by side, then shade the steered text. A refusal (a layer
-        band outside the model, a bad number, no vector) goes beside the settings and stays until
-        one changes; it never raises, so the answers on the page are kept and no bare red "Error"
-        badges are left."""
+    stopping: set[str] = set()  # sessions whose preview was asked to stop
+
+    def preview(vector_path, prompt_text, a, band, n_tokens, seed_value, request: gr.Request):
+        """Stream base and steered side by side, then shade the steered text. Stop asks it to end at
+        the next token; it then says so itself (its last word, so no late token overwrites the
+        note). A refusal (a layer band outside the model, a bad number, no vector) goes beside the
+        settings and stays until one changes; it never raises, so the answers on the page are kept
+        and no bare red "Error" badges are left."""
         skip3 = (gr.skip(),) * 3
+        session = getattr(request, "session_hash", None)
+        stopping.discard(session)
         try:
             a = as_float(a, "Strength α", -100, 100)
             n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
@@ -100,8 +105,15 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
             LayerBand(band)  # syntax check before the model loads
             yield gr.skip(), gr.skip(), "", preview_status_html("starting", a), "", "running"  # old shading off
             steered = ""
-            for base, steered in lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value):
-                yield base, steered, gr.skip(), preview_status_html("running", a), gr.skip(), gr.skip()
+            pair = lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value)
+            try:
+                for base, steered in pair:
+                    if session in stopping:
+                        yield base, steered, gr.skip(), preview_status_html("stopped"), gr.skip(), "stopped"
+                        return
+                    yield base, steered, gr.skip(), preview_status_html("running", a), gr.skip(), gr.skip()
+            finally:
+                pair.close()  # stops the decoding thread and frees the preview model at once
             yield (*skip3, preview_status_html("shading", a), gr.skip(), gr.skip())
             shading = kl_html(lab.preview.token_kl(vector_path, prompt_text, steered, a, band), a)
             yield gr.skip(), gr.skip(), shading, preview_status_html("done", a), gr.skip(), "done"
@@ -114,11 +126,16 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
             gr.Warning(message)
             yield (*skip3, preview_status_html("error"), error_html("Not previewed", message), "error")
 
-    event = go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed],
-                     [base_out, steered_out, shaded, preview_status, steer_error, preview_state],
-                     concurrency_limit=1)
-    stop.click(lambda state: (preview_status_html("stopped"), "stopped") if state == "running" else (gr.skip(),) * 2,
-               preview_state, [preview_status, preview_state], cancels=[event], queue=False)
+    go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed],
+             [base_out, steered_out, shaded, preview_status, steer_error, preview_state], concurrency_limit=1)
+
+    def ask_stop(state, request: gr.Request):
+        if state != "running":
+            return gr.skip()
+        stopping.add(getattr(request, "session_hash", None))
+        return "<div class='sh-muted' id='preview-state' data-state='stopping'>Stopping…</div>"
+
+    stop.click(ask_stop, preview_state, preview_status, queue=False)
     for box in (prompt, alpha, layers, max_tokens, seed):
         box.change(lambda: "", None, steer_error, queue=False, show_progress="hidden")
 

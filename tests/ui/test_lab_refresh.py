@@ -134,7 +134,9 @@ def test_results_tells_two_runs_apart_and_keeps_them_across_a_refresh(seeded_lab
         expect(probes).to_contain_text(label, timeout=15_000)
     page.locator("#chart-auth .vega-embed").wait_for(timeout=15_000)
     expect(page.locator("#export-round")).to_contain_text(f"Round of run {a}")
-    shot(page, "results-two-runs")
+    page.wait_for_timeout(3_000)  # the charts settle and are not redrawn over and over
+    assert page.locator("#chart-auth .eta-bar").count() == 0, "the charts keep redrawing"
+    shot(page, "6-results-two-runs")
 
     page.reload()
     page.get_by_text("Extract vector").wait_for()
@@ -169,6 +171,9 @@ def test_heal_follows_the_run_that_is_going_and_shows_a_picked_runs_settings(see
         expect(page.locator(f"#{elem_id} input, #{elem_id} textarea").first).to_have_value(value, timeout=10_000)
     expect(page.locator("#heal-curation input[value='manual']")).to_be_checked()
     expect(page.locator("#heal-settings-note")).to_contain_text(f"Showing run {custom}'s settings")
+    set_number(page, "heal-max-tokens", 33)  # the settings stay editable: nothing refills them
+    page.wait_for_timeout(2_500)
+    expect(page.locator("#heal-max-tokens input")).to_have_value("33")
     heartbeat(tmp, ids)
     page.reload()
     page.get_by_text("Extract vector").wait_for()
@@ -204,7 +209,7 @@ def test_curate_keeps_its_set_and_thresholds_across_a_refresh_and_headers_stay_w
                                                             timeout=15_000)
     expect(page.locator("#th-ppl input[type=number]")).to_have_value("30")
     expect(summary).to_contain_text("1 kept", timeout=10_000)
-    page.wait_for_timeout(4_000)  # two polls later it has not jumped to the newest set
+    page.wait_for_timeout(2_500)  # a poll later it has not jumped to the newest set
     expect(page.locator("#curate-set input")).to_have_value(re.compile(rf"^run {ids['custom']} · round 0"))
 
     # Every column header on one line (no "repetiti/on"); the KL label clear of its number box.
@@ -243,7 +248,7 @@ def test_steer_and_personas_keep_refusals_beside_their_controls_and_stop_says_so
     expect(warnings).to_contain_text("The positive persona is empty", timeout=10_000)
     page.locator("#extract-btn").click()
     expect(refusal).to_contain_text("Not extracted: Both personas must be non-empty", timeout=10_000)
-    page.wait_for_timeout(4_000)  # two polls later
+    page.wait_for_timeout(2_500)  # a poll later
     expect(refusal).to_contain_text("Both personas must be non-empty")
     pos.fill(neg.input_value())
     expect(refusal).to_be_empty(timeout=10_000)
@@ -265,7 +270,7 @@ def test_steer_and_personas_keep_refusals_beside_their_controls_and_stop_says_so
     page.locator("#preview-btn").click()
     error = page.locator("#steer-error")
     expect(error).to_contain_text("outside the model", timeout=30_000)
-    page.wait_for_timeout(4_000)
+    page.wait_for_timeout(2_500)  # a poll later
     expect(error).to_contain_text("outside the model")
     assert page.locator("#base-out textarea").input_value() == base
     assert page.locator("#base-out .error, #steered-out .error").count() == 0
