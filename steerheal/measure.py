@@ -27,7 +27,6 @@ from steerheal.store import Store
 from steerheal.vectors import SteeringVector, absorption, mean_last_token_states
 
 Progress = Callable[[str, dict], None]
-ABSORPTION_CONTEXTS = 16
 
 
 def _eval_row(run_id: int, round_: int, stage: str, result) -> dict:
@@ -52,6 +51,7 @@ class Instruments:
         self.items = cfg.axis_items_for_run()
         self.drift_cfg = DriftConfig(max_new_tokens=cfg.drift_tokens, n_prompts=cfg.drift_prompts)
         self._base_copy: LoadedModel | None = None
+        self._base_states = None  # the base's mean states over the absorption contexts (the base never changes)
 
     # the base model ---------------------------------------------------------
     def _folded(self) -> bool:
@@ -125,10 +125,12 @@ class Instruments:
         if self.store.rows("absorption", self.run_id, round_):
             return
         self.say("absorption", {"round": round_})
-        contexts = default_contexts()[:ABSORPTION_CONTEXTS]
+        contexts = default_contexts()[: self.cfg.absorption_contexts]
         healed = mean_last_token_states(self.lm, contexts, DEFAULT_SYSTEM_PROMPT)
-        with self.base() as base_lm:
-            base = mean_last_token_states(base_lm, contexts, DEFAULT_SYSTEM_PROMPT)
+        if self._base_states is None:
+            with self.base() as base_lm:
+                self._base_states = mean_last_token_states(base_lm, contexts, DEFAULT_SYSTEM_PROMPT)
+        base = self._base_states
         layers = LayerBand(self.cfg.layers).resolve(self.lm.n_layers)
         out = absorption(healed - base, vector, layers, alpha)
         crash_point(f"round{round_}:absorption")

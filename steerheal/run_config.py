@@ -44,6 +44,7 @@ class RunConfig:
     axis_limit: int | None = None  # score only the first N items of that split (None: all)
     drift_tokens: int = 32  # length of each greedy continuation scored for incoherence
     drift_prompts: int | None = 32  # the first N of the 40 bundled neutral prompts (None: all)
+    absorption_contexts: int = 16  # contexts the healed model's shift along v is averaged over
     incoherence_ceiling: float = 2.0  # stop early when healed KL rmse to base exceeds the base's by this (nats)
     contexts: tuple[str, ...] | None = None  # a custom context pool (None: the 80 bundled ones)
     n_contexts: int | None = None  # extract from the first N contexts only (None: all)
@@ -119,6 +120,8 @@ class RunConfig:
             raise SteerhealError(f"drift_tokens must be an integer in 2..2048, got {self.drift_tokens!r}.")
         if self.drift_prompts is not None and (not isinstance(self.drift_prompts, int) or self.drift_prompts < 2):
             raise SteerhealError(f"drift_prompts must be at least 2 or unset, got {self.drift_prompts!r}.")
+        if not isinstance(self.absorption_contexts, int) or not 1 <= self.absorption_contexts <= 80:
+            raise SteerhealError(f"absorption_contexts must be an integer in 1..80, got {self.absorption_contexts!r}.")
         if not 0 < _finite("incoherence_ceiling", self.incoherence_ceiling):
             raise SteerhealError("incoherence_ceiling must be > 0 (nats of KL rmse above the base's).")
         if self.curation not in ("auto", "manual"):

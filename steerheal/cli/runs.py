@@ -33,7 +33,8 @@ def _run_config(args):
         raise SteerhealError(f"Bad run setting: {err}.") from None
     top = {k: getattr(args, k) for k in ("rounds", "n_completions", "max_new_tokens", "eval_limit", "think_tokens",
                                          "seed", "model", "n_contexts", "probe_tokens", "tinymfv", "pair",
-                                         "drift_tokens", "drift_prompts", "incoherence_ceiling", "axis_limit")
+                                         "drift_tokens", "drift_prompts", "incoherence_ceiling", "axis_limit",
+                                         "absorption_contexts")
            if getattr(args, k) is not None}
     if args.random_control:
         top["random_control"] = True
@@ -213,6 +214,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--axis-limit", type=int, help="score only the first N held-out axis items (default all)")
     p.add_argument("--drift-tokens", type=int, help="tokens per neutral continuation scored for incoherence (40)")
     p.add_argument("--drift-prompts", type=int, help="how many of the 40 neutral prompts (default all)")
+    p.add_argument("--absorption-contexts", type=int, help="contexts the absorption is averaged over (16)")
     p.add_argument("--incoherence-ceiling", type=finite_float,
                    help="stop early when healed KL rmse to base exceeds the base's by this many nats (2.0)")
     p.add_argument("--agg", choices=["mean", "rmse", "p95", "max"])

@@ -27,13 +27,18 @@ def test_twenty_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
     store = Store(tmp_path / "runs.db")
     # The smallest settings that still allocate what a round allocates (a vector, completions, a
     # heal with its train logs, a saved adapter, probe answers); the tinymfv evals, which store
-    # nothing that grows, are off (their own memory is the eval's business, not the loop's).
+    # nothing that grows, are off (their own memory is the eval's business, not the loop's). The
+    # instruments still measure every round, on two one-line axis items and the tiny drift set.
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"prompt": "Help her?", "pos": "Yes.", "neg": "No."}\n'
+                     '{"prompt": "Obey?", "pos": "No.", "neg": "Yes."}\n')
     cfg = RunConfig(rounds=ROUNDS, n_completions=4, max_new_tokens=4, filters=KEEP_ALL, tinymfv="off",
-                    n_contexts=1, probe_tokens=1, data_dir=TINYMFV_DATA, **TINY_INSTRUMENTS,
+                    n_contexts=1, probe_tokens=1, data_dir=TINYMFV_DATA, **TINY_INSTRUMENTS, axis_items=str(items),
                     heal=HealConfig(rank=8, lora_alpha=16, epochs=1, ref="prev"))
     run_id = start_run(store, cfg)
     assert run_loop(store, run_id)["status"] == "completed"
     assert not store.rows("evals", run_id)
+    assert len(store.rows("axis_evals", run_id)) == 2 + 2 * ROUNDS and len(store.rows("absorption", run_id)) == ROUNDS
     rounds = sorted((r for r in store.rows("rounds", run_id) if r["status"] == "completed"), key=lambda r: r["round"])
     assert [r["round"] for r in rounds] == list(range(ROUNDS))
     rss = [r["rss_mb"] for r in rounds]
