@@ -44,10 +44,10 @@ def pytest_collection_modifyitems(items):
     items.sort(key=weight)  # stable: tests keep their order within a file
 
 
-# The instruments at their smallest (4 axis items, 2 neutral prompts of 4 tokens, absorption over 2
+# The instruments at their smallest (2 axis items, 2 neutral prompts of 4 tokens, absorption over 2
 # contexts): tiny runs
 # still measure every stage with each, in seconds. As run settings, a run.toml block, CLI flags.
-TINY_INSTRUMENTS = dict(axis_limit=4, drift_prompts=2, drift_tokens=4, absorption_contexts=2)
+TINY_INSTRUMENTS = dict(axis_limit=2, drift_prompts=2, drift_tokens=4, absorption_contexts=2)
 TINY_INSTRUMENTS_TOML = "".join(f"{k} = {v}\n" for k, v in TINY_INSTRUMENTS.items())
 TINY_INSTRUMENT_FLAGS = [x for k, v in TINY_INSTRUMENTS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 

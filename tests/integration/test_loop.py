@@ -92,7 +92,7 @@ def test_every_stage_is_measured_and_a_run_that_stops_early_says_why(tmp_path):
     assert drift["base"]["headline"] < 1e-3
     # the healed model is scored against the base with its adapter off, not against itself
     assert drift["healed"]["kl_mean"] > 1e-6 and drift["steered"]["headline"] > drift["healed"]["headline"]
-    assert all(r["n"] == 4 for r in store.rows("axis_evals", run_id))
+    assert all(r["n"] == 2 for r in store.rows("axis_evals", run_id))
     (absorbed,) = store.rows("absorption", run_id)
     assert -1 <= absorbed["cos"] <= 1
     listed = json.loads(run_cli("runs", "--db", db, "--json").stdout)[0]

@@ -97,7 +97,7 @@ def _contents(store: Store, run_id: int) -> dict:
             "evals": ("round", "stage", "auth_nats", "care_nats", "coherence", "top1_acc"),
             "axis_evals": ("round", "stage", "mean", "ci_low", "ci_high", "n"),
             "drift_evals": ("round", "stage", "headline", "kl_mean", "nll_excess", "repetition"),
-            "absorption": ("round", "cos", "coef"),
+            "absorption": ("round",),  # its values: compared with a tolerance below
             "probes": ("round", "prompt", "answer"), "train_logs": ("round", "step", "loss", "nll", "divergence"),
             "artifacts": ("round", "kind")}
     out = {}
@@ -160,6 +160,10 @@ def test_killed_at_eight_points_resumes_to_the_same_run_as_an_uninterrupted_one(
     ours, theirs = _contents(store, run_id), _contents(ref, 1)
     for table in TABLES:
         assert ours[table] == theirs[table], f"{table} differs from the uninterrupted run"
+    # A model rebuilt from saved adapters (and the base seen by unmerging them) differs from the one
+    # trained in memory by float rounding: the absorption's cosines agree to ~1e-5, not bit for bit.
+    for a, b in zip(store.rows("absorption", run_id), ref.rows("absorption", 1), strict=True):
+        assert a["round"] == b["round"] and abs(a["cos"] - b["cos"]) < 1e-3 and abs(a["coef"] - b["coef"]) < 1e-3
     assert len(store.rows("completions", run_id)) == 8
     assert sorted((e["round"], e["stage"]) for e in store.rows("evals", run_id)) == [
         (-1, "base"), (-1, "prompted"), (0, "healed"), (0, "steered"), (1, "healed"), (1, "steered")]

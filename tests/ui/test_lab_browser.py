@@ -72,7 +72,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     tab(page, "Heal")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 6), ("heal-max-tokens", 16), ("heal-epochs", 1),
                            ("heal-eval-limit", 3), ("heal-think", 1), ("heal-probe-tokens", 12),
-                           ("heal-axis-limit", 4), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
+                           ("heal-axis-limit", 2), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     page.locator("#start-run-status").get_by_text(re.compile(r"Run \d+ queued")).wait_for(timeout=30_000)

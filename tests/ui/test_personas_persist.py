@@ -72,7 +72,7 @@ def test_a_custom_pair_and_its_vector_survive_a_refresh(app_url, browser, shot):
     shot(page, "heal-uses-line")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 4), ("heal-max-tokens", 4), ("heal-epochs", 1),
                            ("heal-eval-limit", 1), ("heal-think", 1), ("heal-probe-tokens", 2),
-                           ("heal-axis-limit", 4), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
+                           ("heal-axis-limit", 2), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     expect(page.locator("#start-run-status")).to_contain_text(re.compile(r"Run \d+ (queued|is running)"),
