@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from steerheal.store import Store
-from tests.ui.conftest import free_port, set_number, start_app, stop_app, tab, wait_http
+from tests.ui.conftest import free_port, open_lab, set_number, start_app, stop_app, tab, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 CUSTOM_POS = "someone who always stops to help a stranger in trouble"
@@ -122,9 +122,7 @@ def pick(page, elem_id: str, *options: str | re.Pattern) -> None:
 def test_results_tells_two_runs_apart_and_keeps_them_across_a_refresh(seeded_lab, browser, shot):
     url, _, ids = seeded_lab
     a, b = ids["custom"], ids["preset"]
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     tab(page, "Results")
     # Run pickers name a custom pair as such, not as the preset it replaced.
     pick(page, "results-runs", re.compile(rf"^run {a} · completed · 2 rounds · custom pair 'someone who"),
@@ -150,9 +148,7 @@ def test_heal_follows_the_run_that_is_going_and_shows_a_picked_runs_settings(see
     url, tmp, ids = seeded_lab
     going, custom, never = ids["going"], ids["custom"], ids["never"]
     heartbeat(tmp, ids)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     tab(page, "Heal")
     # A fresh page (or a refresh) follows the run that is going, not "No run selected."
     state = page.locator("#run-state")
@@ -193,9 +189,7 @@ def test_heal_follows_the_run_that_is_going_and_shows_a_picked_runs_settings(see
 
 def test_curate_keeps_its_set_and_thresholds_across_a_refresh_and_headers_stay_whole(seeded_lab, browser, shot):
     url, _, ids = seeded_lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     tab(page, "Curate")
     pick(page, "curate-set", re.compile(rf"^run {ids['custom']} · round 0"))  # the older set, not the newest
     set_number(page, "th-ppl", 30)
@@ -236,9 +230,7 @@ def test_curate_keeps_its_set_and_thresholds_across_a_refresh_and_headers_stay_w
 
 def test_steer_and_personas_keep_refusals_beside_their_controls_and_stop_says_so(seeded_lab, browser, shot):
     url, _, _ = seeded_lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.get_by_text("Extract vector").wait_for()
+    page = open_lab(browser, url)
     # Personas: an empty or identical persona warns before Extract; a refused Extract says why beside
     # the button, and the message stays until the text changes.
     pos, neg = page.locator("#persona-pos textarea"), page.locator("#persona-neg textarea")
