@@ -112,3 +112,8 @@ def open_lab(browser, url: str):
     page.goto(url)
     page.get_by_text("Extract vector").wait_for()
     return page
+
+
+# The Heal form's instrument fields at their smallest (as tests.conftest.TINY_INSTRUMENTS for runs
+# started in code): 2 axis items, 2 neutral prompts of 4 tokens.
+TINY_HEAL_INSTRUMENTS = (("heal-axis-limit", 2), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4))

@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.ui.conftest import SCREENSHOTS, open_lab, set_number, tab
+from tests.ui.conftest import SCREENSHOTS, TINY_HEAL_INSTRUMENTS, open_lab, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 600_000  # ms: model work on 2 CPU cores
@@ -72,7 +72,7 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     tab(page, "Heal")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 6), ("heal-max-tokens", 16), ("heal-epochs", 1),
                            ("heal-eval-limit", 3), ("heal-think", 1), ("heal-probe-tokens", 12),
-                           ("heal-axis-limit", 2), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
+                           *TINY_HEAL_INSTRUMENTS):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     page.locator("#start-run-status").get_by_text(re.compile(r"Run \d+ queued")).wait_for(timeout=30_000)

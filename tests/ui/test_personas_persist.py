@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from steerheal.store import Store
-from tests.ui.conftest import open_lab, set_number, tab
+from tests.ui.conftest import TINY_HEAL_INSTRUMENTS, open_lab, set_number, tab
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 120_000  # ms: a 2-context extraction on 2 CPU cores, model load included
@@ -72,7 +72,7 @@ def test_a_custom_pair_and_its_vector_survive_a_refresh(app_url, browser, shot):
     shot(page, "heal-uses-line")
     for elem_id, value in (("heal-rounds", 1), ("heal-n", 4), ("heal-max-tokens", 4), ("heal-epochs", 1),
                            ("heal-eval-limit", 1), ("heal-think", 1), ("heal-probe-tokens", 2),
-                           ("heal-axis-limit", 2), ("heal-drift-prompts", 2), ("heal-drift-tokens", 4)):
+                           *TINY_HEAL_INSTRUMENTS):
         set_number(page, elem_id, value)
     page.locator("#start-run-btn").click()
     expect(page.locator("#start-run-status")).to_contain_text(re.compile(r"Run \d+ (queued|is running)"),
