@@ -134,11 +134,15 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
         shutil.copyfile(uploaded, kept)
         return items_note(name or first, name is None, str(kept)), str(kept)
 
-    for box in (pos, neg, contexts):
-        box.change(check, [pos, neg, contexts], [warnings, preset, info], show_progress="hidden")
-        box.change(lambda: "", None, extract_error, queue=False, show_progress="hidden")
-    for trigger in (pos.change, neg.change, items_file.change):
-        trigger(check_items, [pos, neg, items_file], [items_md, items_path], show_progress="hidden")
+    # One listener per check, not one per box: a listener handles its events in order, so the
+    # warnings always describe the newest text (three listeners let a page load's stale check
+    # land after the person's edit).
+    gr.on([pos.change, neg.change, contexts.change], check, [pos, neg, contexts], [warnings, preset, info],
+          show_progress="hidden", trigger_mode="always_last")
+    gr.on([pos.change, neg.change, contexts.change], lambda: "", None, extract_error, queue=False,
+          show_progress="hidden")
+    gr.on([pos.change, neg.change, items_file.change], check_items, [pos, neg, items_file], [items_md, items_path],
+          show_progress="hidden", trigger_mode="always_last")
 
     @friendly
     def queue_extraction(pos_text, neg_text, ctx_text):
