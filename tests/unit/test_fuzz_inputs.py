@@ -6,7 +6,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pages.heal import run_config_from_form
+from pages.heal_form import run_config_from_form
 from steerheal.errors import SteerhealError
 from steerheal.loop import RunConfig, start_run
 from steerheal.store import Store

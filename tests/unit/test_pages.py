@@ -5,7 +5,8 @@ import json
 import pytest
 
 from pages.curate import table, verdict_under
-from pages.heal import MIN_COMPLETIONS, completions_problem, run_config_from_form, stage_parts, start_note_md
+from pages.heal_form import MIN_COMPLETIONS, completions_problem, run_config_from_form
+from pages.heal_status import stage_parts, start_note_md
 from pages.personas import norm_warnings, pair_warnings
 from pages.results import highlight_changes
 from pages.steer import kl_html
@@ -107,7 +108,7 @@ def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
     import time
 
     from pages.common import clock, lab_vector_job, pair_label, preset_for, vector_summary
-    from pages.heal import run_uses_html
+    from pages.heal_form import run_uses_html
     from pages.personas import CUSTOM_INFO, preset_info
     from pages.steer import vector_html
     from steerheal.store import Store
@@ -150,7 +151,7 @@ def test_the_pair_and_vector_in_use_are_named_preset_or_custom(tmp_path):
 
 def test_small_cosmetics_a_user_noticed(tmp_path):
     """Issue 16, item 12: "Only 1 contexts", "1 rounds"; a one-step training curve labelled 1.000000."""
-    from pages.heal import loss_chart
+    from pages.heal_status import loss_chart
 
     assert any("Only 1 context:" in w for w in pair_warnings("someone who cares a lot", "someone who obeys", ["hi"]))
     assert any("Only 3 contexts:" in w for w in pair_warnings("someone who cares a lot", "someone who obeys",
@@ -215,7 +216,8 @@ def test_run_pickers_name_a_custom_pair_and_a_run_cancelled_before_it_started(tm
 
 def test_a_picked_run_shows_its_own_loop_settings_and_a_never_started_run_says_so():
     """Issue 16, item 6: picking an old run on Heal fills the Loop settings with that run's values."""
-    from pages.heal import loop_settings, run_stage_text
+    from pages.heal_form import loop_settings
+    from pages.heal_status import run_stage_text
 
     cfg = _form(rounds=2, alphas="2, 5.5", n=8, tokens=24, curation="manual", tau=0.7, rank=8, epochs=3, limit=5,
                 think=3, probe=20, seed=7, random=True).to_dict()
@@ -234,7 +236,7 @@ def test_a_picked_run_shows_its_own_loop_settings_and_a_never_started_run_says_s
 def test_the_heal_page_says_which_tinymfv_data_a_run_will_use(tmp_path):
     """Issue 16, item 4: before a run, the real data folder or the demo set (not comparable) and how to
     point the app at the real data."""
-    from pages.heal import tinymfv_data_html
+    from pages.heal_form import tinymfv_data_html
 
     line = tinymfv_data_html({"STEERHEAL_TINYMFV_DIR": "/work/shared/tinymfv"}) if \
         __import__("pathlib").Path("/work/shared/tinymfv/vignettes_classic_other_violate.jsonl").is_file() else None

@@ -40,7 +40,7 @@ def test_the_items_note_says_whether_a_pair_can_be_scored(tmp_path):
 
 
 def test_the_heal_page_says_a_run_stopped_early_and_why():
-    from pages.heal import start_note_md
+    from pages.heal_status import start_note_md
     from pages.science import stop_note
 
     run = {"id": 3, "status": "completed", "stage": "done",
