@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from tests.ui.conftest import SCREENSHOTS, TINY_HEAL_INSTRUMENTS, open_lab, set_number, tab
 
-pytestmark = [pytest.mark.integration, pytest.mark.ui]
+pytestmark = [pytest.mark.integration, pytest.mark.ui, pytest.mark.timing]
 LONG = 600_000  # ms: model work on 2 CPU cores
 
 
