@@ -264,6 +264,7 @@ CSS = """
            padding: .5rem .75rem; }
 .sh-kl span { border-radius: 3px; padding: 0 1px; }
 .sh-kl { line-height: 1.9; white-space: pre-wrap; font-family: var(--font-mono); font-size: .9em; }
+.sh-kl span.sh-replayed { outline: 2px solid #2563eb; outline-offset: -1px; }
 .sh-probe mark { background: #fde68a; }
 .sh-probe td, .sh-probe th { vertical-align: top; padding: .4rem; border: 1px solid var(--border-color-primary); }
 .sh-probe table { border-collapse: collapse; width: 100%; }

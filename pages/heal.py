@@ -34,7 +34,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
         settings_note = gr.Markdown(elem_id="heal-settings-note")
         with gr.Row():
             rounds = gr.Number(d.rounds, label=f"Rounds (min {MIN_ROUNDS})", precision=0, elem_id="heal-rounds")
-            alphas = gr.Textbox(", ".join(f"{a:g}" for a in d.alphas), label="Strengths α", elem_id="heal-alphas")
+            alphas = gr.Textbox(", ".join(f"{a:g}" for a in d.alphas), label="Strengths α", elem_id="heal-alphas",
+                                info="numbers, or auto: calibrate α each round to the target below")
             n_comp = gr.Number(d.n_completions, label=f"Completions per round (min {MIN_COMPLETIONS})", precision=0,
                                elem_id="heal-n", info=f"heal needs {MIN_COMPLETIONS} kept; the filters drop some, "
                                                       "so more is safer")
@@ -70,6 +71,16 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
                                      elem_id="heal-drift-tokens")
             ceiling = gr.Number(d.incoherence_ceiling, label="Stop above incoherence (nats)",
                                 elem_id="heal-ceiling", info="healed KL rmse to base above the base's")
+        with gr.Row():
+            target_kind = gr.Dropdown(["KL budget", "kept share"], value="KL budget", label="With auto: target",
+                                      elem_id="heal-target-kind", info="p95 per-token KL to base (nats), or the "
+                                                                       "share of completions the filters keep")
+            target_value = gr.Number(1.0, label="Target value", elem_id="heal-target-value")
+            backtrack = gr.Checkbox(False, label="Backtrack and replay", elem_id="heal-backtrack",
+                                    info="decode a window again at α/2 when its KL to base is too high")
+            backtrack_kl = gr.Number(1.0, label="Replay above (nats, window mean)", elem_id="heal-backtrack-kl")
+            backtrack_window = gr.Number(8, label="Replay window (tokens)", precision=0,
+                                         elem_id="heal-backtrack-window")
     presets = persona_presets()
     uses_inputs = [personas["pos"], personas["neg"], personas["contexts"], steer["layers"], personas["vector_job"]]
 
@@ -93,7 +104,7 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
     fields = [rounds, alphas, n_comp, max_tokens, curation, agg, tau, lam, lam_power, ref, rank, lr, epochs,
               eval_limit, think, probe_tokens, seed, random_control, personas["pos"], personas["neg"],
               personas["contexts"], steer["layers"], tinymfv, axis_limit, drift_prompts, drift_tokens, ceiling,
-              personas["items"]]
+              personas["items"], target_kind, target_value, backtrack, backtrack_kl, backtrack_window]
 
     def submit(*values):
         """Queue the run, or say beside the button what to change. Never raises: a raised error
@@ -212,7 +223,9 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
                     agg=agg, tau=tau, lam=lam, lam_power=lam_power, ref=ref, random_control=random_control, rank=rank,
                     lr=lr, epochs=epochs, eval_limit=eval_limit, think_tokens=think, probe_tokens=probe_tokens,
                     seed=seed, tinymfv=tinymfv, axis_limit=axis_limit, drift_prompts=drift_prompts,
-                    drift_tokens=drift_tokens, incoherence_ceiling=ceiling)
+                    drift_tokens=drift_tokens, incoherence_ceiling=ceiling, target_kind=target_kind,
+                    target_value=target_value, backtrack=backtrack, backtrack_kl=backtrack_kl,
+                    backtrack_window=backtrack_window)
 
     def show_settings(run_id):
         if run_id is None:

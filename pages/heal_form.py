@@ -8,6 +8,7 @@ import os
 from dataclasses import replace
 
 from pages.common import as_float, as_int, clock, count, pair_label, parse_floats, preset_for, vector_summary
+from steerheal.backtrack import BacktrackConfig
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv_data import HUB_DATASET, demo_set, load_vignettes
 from steerheal.heal import MIN_EXAMPLES, HealConfig
@@ -64,7 +65,14 @@ def loop_settings(config: dict) -> dict:
         value = config.get(key)
         return default if value is None else value
 
-    return dict(rounds=get("rounds", d.rounds), alphas=", ".join(f"{float(a):g}" for a in get("alphas", d.alphas)),
+    alphas = get("alphas", d.alphas)
+    backtrack = config.get("backtrack") or {}
+    target_kind = "kept share" if config.get("target_kept") is not None else "KL budget"
+    target_value = config.get("target_kept") if config.get("target_kept") is not None else get("target_kl", 1.0)
+    return dict(rounds=get("rounds", d.rounds),
+                alphas=alphas if alphas == "auto" else ", ".join(f"{float(a):g}" for a in alphas),
+                target_kind=target_kind, target_value=target_value, backtrack=bool(backtrack),
+                backtrack_kl=backtrack.get("threshold", 1.0), backtrack_window=backtrack.get("window", 8),
                 n_completions=get("n_completions", d.n_completions),
                 max_new_tokens=get("max_new_tokens", d.max_new_tokens), curation=get("curation", d.curation),
                 agg=heal.get("agg", h.agg), tau=heal.get("tau", h.tau), lam=heal.get("lam", h.lam),
@@ -108,9 +116,11 @@ def tinymfv_data_html(env=None) -> str:
 def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, curation_v, agg_v, tau_v, lam_v,
                          power_v, ref_v, rank_v, lr_v, epochs_v, limit_v, think_v, probe_v, seed_v, random_v, pos_v,
                          neg_v, contexts_v, layers_v, tinymfv_v="auto", axis_limit_v=0, drift_prompts_v=32,
-                         drift_tokens_v=32, ceiling_v=2.0, items_v=None) -> RunConfig:
+                         drift_tokens_v=32, ceiling_v=2.0, items_v=None, target_kind_v="KL budget",
+                         target_value_v=1.0, backtrack_v=False, backtrack_kl_v=1.0, backtrack_window_v=8) -> RunConfig:
     """The Heal form's values as a validated RunConfig (a SteerhealError says what to change).
-    tinymfv "auto" with a number of rows asks for tinymfv on that many rows (a subset)."""
+    tinymfv "auto" with a number of rows asks for tinymfv on that many rows (a subset). Strengths
+    "auto" calibrate alpha each round to the target (a KL budget or a kept share)."""
     d, h = RunConfig(), HealConfig(rank=16, lora_alpha=32, epochs=2)
     for label, value in (("Positive persona", pos_v), ("Negative persona", neg_v), ("Context pool", contexts_v),
                          ("Layer band", layers_v), ("Strengths", alphas_v)):
@@ -137,7 +147,17 @@ def run_config_from_form(model_name: str, rounds_v, alphas_v, n_v, tokens_v, cur
     tinymfv = "subset" if tinymfv_v == "auto" and limit else tinymfv_v
     axis_limit = as_int(axis_limit_v, "Axis items", 0)
     drift_prompts = as_int(drift_prompts_v, "Incoherence prompts", 2, 40)
-    return RunConfig(rounds=rounds, alphas=tuple(parse_floats(alphas_v, "strength")),
+    dose: dict = {}
+    if str(alphas_v or "").strip().lower() == "auto":
+        value = as_float(target_value_v, "Target")
+        dose = dict(alphas="auto", **({"target_kept": value} if target_kind_v == "kept share" else {"target_kl": value}))
+    else:
+        dose = dict(alphas=tuple(parse_floats(alphas_v, "strength")))
+    backtrack = None
+    if backtrack_v:
+        backtrack = BacktrackConfig(threshold=as_float(backtrack_kl_v, "Replay above (nats)"),
+                                    window=as_int(backtrack_window_v, "Replay window", 1, 8192))
+    return RunConfig(rounds=rounds, **dose, backtrack=backtrack,
                      n_completions=n_completions, tinymfv=tinymfv, axis_limit=axis_limit or None,
                      drift_prompts=drift_prompts,
                      drift_tokens=as_int(drift_tokens_v, "Incoherence tokens", 2, 2048),

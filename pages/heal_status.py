@@ -16,6 +16,7 @@ BUSY = ("queued", "running")
 STAGE_WORDS = {
     "created": "starting",
     "vector": "extracting the steering vector",
+    "calibrate": "calibrating the strength to its target",
     "generate": "generating completions",
     "filter": "scoring and filtering completions",
     "heal": "training the LoRA",

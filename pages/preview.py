@@ -173,6 +173,80 @@ class PreviewService:
         if errors:
             raise errors[0]
 
+    def stream_pair_replayed(self, vector_path: str | None, prompt: str, alpha: float, layers: str,
+                             max_new_tokens: int, seed: int, backtrack, should_stop=None
+                             ) -> Iterator[tuple[str, str, object]]:
+        """Like stream_pair, decoding with backtrack-and-replay (steerheal.backtrack): the steered
+        row's windows whose KL to base passes the threshold are decoded again at a lower alpha (its
+        text can shrink while that happens). Yields (base, steered, None) per step, then
+        (base, steered, the steered row's DecodedRow: per-token KL and the replays)."""
+        import torch
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        from steerheal.backtrack import decode
+        from steerheal.chat import chat_prompt
+        from steerheal.config import GenerationConfig, LayerBand, SteerConfig
+        from steerheal.generate import eos_token_ids
+
+        if not prompt or not prompt.strip():
+            raise SteerhealError("The prompt is empty: type a message to answer.")
+        vector = self.vector(vector_path)
+        lm = self.model()
+        LayerBand(layers).resolve(lm.n_layers)
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed).validate()
+        backtrack = backtrack.validate(max_new_tokens)
+        tok = lm.tokenizer
+        row = tok(chat_prompt(tok, prompt, gen.system_prompt), add_special_tokens=False).input_ids
+        processors = LogitsProcessorList([TemperatureLogitsWarper(gen.temperature), TopKLogitsWarper(gen.top_k),
+                                          TopPLogitsWarper(gen.top_p), _shared_noise(seed)])
+        steps: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    rows = decode(lm, [row, row], vector, SteerConfig(alpha=alpha, layers=layers), [0.0, alpha],
+                                  backtrack, lambda scores: processors(None, scores).argmax(-1), max_new_tokens,
+                                  eos=eos_token_ids(lm), pad=tok.pad_token_id,
+                                  should_stop=lambda: stop.is_set() or bool(should_stop and should_stop()),
+                                  on_step=lambda ids, _: steps.put(("step", ids)))
+                steps.put(("done", rows))
+            except BaseException as err:  # surfaced to the consumer below
+                steps.put(("error", err))
+
+        if not self._lock.acquire(timeout=120):
+            raise SteerhealError("Another preview is still running: try again in a moment.")
+        try:
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            try:
+                while True:
+                    kind, value = steps.get(timeout=600)
+                    if kind == "error":
+                        if isinstance(value, InterruptedError):
+                            return
+                        raise value
+                    ids = value if kind == "step" else [r.token_ids for r in value]
+                    texts = [tok.decode(i, skip_special_tokens=True) for i in ids]
+                    yield texts[0], texts[1], (value[1] if kind == "done" else None)
+                    if kind == "done":
+                        return
+            finally:
+                stop.set()
+                thread.join()
+        finally:
+            self._lock.release()
+
+    def token_pieces(self, ids: list[int]) -> list[str]:
+        """Each token's text (growing prefixes decoded, so multi-byte characters come out whole)."""
+        tok = self.model().tokenizer
+        pieces, shown = [], ""
+        for k in range(len(ids)):
+            now = tok.decode(ids[: k + 1], skip_special_tokens=True)
+            pieces.append(now[len(shown):])
+            shown = now
+        return pieces
+
     def token_kl(self, vector_path: str | None, prompt: str, text: str, alpha: float, layers: str,
                  system: str | None = None) -> list[tuple[str, float]]:
         """Each token of a steered completion with KL(steered || base) at its position (nats)."""

@@ -9,7 +9,9 @@ import logging
 import gradio as gr
 
 from pages.common import Lab, as_float, as_int, error_html, friendly, job_status_md, parse_floats, vector_summary
+from pages.dose import build_dose
 from steerheal import jobs
+from steerheal.backtrack import BacktrackConfig
 from steerheal.config import LayerBand
 from steerheal.errors import SteerhealError
 from steerheal.presets import persona_presets
@@ -37,6 +39,32 @@ def kl_html(tokens: list[tuple[str, float]], alpha: float) -> str:
     legend = (f"<div class='sh-muted'>Each token shaded by KL(steered ‖ base) at its position: white = 0, "
               f"darkest red ≥ {KL_FULL_SCALE:g} nats. Mean {mean:.3f}, max {worst:.3f} nats. Hover for values.</div>")
     return f"<div class='sh-kl' id='kl-shaded' data-alpha='{alpha:g}'>{''.join(spans)}</div>{legend}"
+
+
+def replayed_html(pieces: list[str], token_kl: list[float], backtracks: list, alpha: float, window: int) -> str:
+    """The steered text shaded by KL as in kl_html, each replayed span (decoded again at a lower α
+    after its window's KL passed the threshold) outlined in blue, and a line per replay."""
+    spans = []
+    replayed: dict[int, object] = {}
+    for b in backtracks:  # a later replay of the same window supersedes the earlier one
+        for i in range(b.position, min(len(pieces), b.position + window)):
+            replayed[i] = b
+    for i, (text, kl) in enumerate(zip(pieces, token_kl)):
+        strength = max(0.0, min(1.0, kl / KL_FULL_SCALE))
+        b = replayed.get(i)
+        mark = (f" class='sh-replayed' data-replay='{b.position}'" if b else "")
+        title = f"KL {kl:.3f} nats" + (f"; replayed at α {b.alpha:g}" if b else "")
+        spans.append(f"<span{mark} title='{title}' style='background: rgba(220,38,38,{strength:.2f})'>"
+                     f"{html.escape(text)}</span>")
+    lines = "".join(f"<li>tokens {b.position}–{b.position + window - 1}: window KL {b.window_kl:.2f} nats, "
+                    f"{b.rolled_back} tokens undone, replayed at α {b.alpha:g}</li>" for b in backtracks)
+    mean = sum(token_kl) / len(token_kl) if token_kl else 0.0
+    legend = (f"<div class='sh-muted'>Each token shaded by KL(steered ‖ base), darkest red ≥ {KL_FULL_SCALE:g} nats "
+              f"(mean {mean:.3f}); spans outlined in blue were decoded again at a lower α. "
+              + (f"{len(backtracks)} replay{'s' if len(backtracks) != 1 else ''}:</div><ul id='replay-list'>{lines}</ul>"
+                 if backtracks else "No window passed the threshold: nothing was replayed.</div>"))
+    return (f"<div class='sh-kl' id='kl-shaded' data-alpha='{alpha:g}' data-replays='{len(backtracks)}'>"
+            f"{''.join(spans)}</div>{legend}")
 
 
 def refusal(err: BaseException) -> str:
@@ -76,6 +104,11 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
                                     info="fractions of depth (0.45-0.55) or indices (13-15)")
                 max_tokens = gr.Number(64, label="Max tokens", precision=0, elem_id="steer-max-tokens")
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="steer-seed")
+            with gr.Row():
+                replay = gr.Checkbox(False, label="Backtrack and replay", elem_id="steer-replay",
+                                     info="decode a window again at α/2 when its KL to base is too high")
+                replay_kl = gr.Number(1.0, label="Window KL above (nats)", elem_id="steer-replay-kl")
+                replay_window = gr.Number(8, label="Window (tokens)", precision=0, elem_id="steer-replay-window")
             steer_error = gr.HTML(elem_id="steer-error")  # a refusal, until one of these settings changes
     with gr.Row():
         go = gr.Button("Preview", variant="primary", elem_id="preview-btn", scale=0, min_width=160)
@@ -89,12 +122,14 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
 
     stopping: set[str] = set()  # sessions whose preview was asked to stop
 
-    def preview(vector_path, prompt_text, a, band, n_tokens, seed_value, request: gr.Request):
+    def preview(vector_path, prompt_text, a, band, n_tokens, seed_value, replay_on, replay_kl_v, replay_window_v,
+                request: gr.Request):
         """Stream base and steered side by side, then shade the steered text. Stop asks it to end at
         the next token; it then says so itself (its last word, so no late token overwrites the
         note). A refusal (a layer band outside the model, a bad number, no vector) goes beside the
         settings and stays until one changes; it never raises, so the answers on the page are kept
-        and no bare red "Error" badges are left."""
+        and no bare red "Error" badges are left. With backtracking on, the decoder itself measures
+        each token's KL (no second pass) and replayed spans are outlined."""
         skip3 = (gr.skip(),) * 3
         session = getattr(request, "session_hash", None)
         stopping.discard(session)
@@ -103,17 +138,35 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
             n_tokens = as_int(n_tokens, "Max tokens", 1, 1024)
             seed_value = as_int(seed_value, "Seed", 0)
             LayerBand(band)  # syntax check before the model loads
+            backtrack = None
+            if replay_on:
+                backtrack = BacktrackConfig(threshold=as_float(replay_kl_v, "Window KL"),
+                                            window=as_int(replay_window_v, "Window", 1, 1024)).validate(n_tokens)
             yield gr.skip(), gr.skip(), "", preview_status_html("starting", a), "", "running"  # old shading off
-            steered = ""
-            pair = lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value)
+            steered, last = "", None
+            if backtrack is None:
+                pair = lab.preview.stream_pair(vector_path, prompt_text, a, band, n_tokens, seed_value)
+            else:
+                pair = lab.preview.stream_pair_replayed(vector_path, prompt_text, a, band, n_tokens, seed_value,
+                                                        backtrack, should_stop=lambda: session in stopping)
             try:
-                for base, steered in pair:
+                for item in pair:
+                    base, steered = item[0], item[1]
+                    last = item[2] if len(item) > 2 else None
                     if session in stopping:
                         yield base, steered, gr.skip(), preview_status_html("stopped"), gr.skip(), "stopped"
                         return
                     yield base, steered, gr.skip(), preview_status_html("running", a), gr.skip(), gr.skip()
             finally:
                 pair.close()  # stops the decoding thread and frees the preview model at once
+            if session in stopping:
+                yield (*skip3, preview_status_html("stopped"), gr.skip(), "stopped")
+                return
+            if last is not None:
+                shading = replayed_html(lab.preview.token_pieces(last.token_ids), last.token_kl, last.backtracks, a,
+                                        backtrack.window)
+                yield gr.skip(), gr.skip(), shading, preview_status_html("done", a), gr.skip(), "done"
+                return
             yield (*skip3, preview_status_html("shading", a), gr.skip(), gr.skip())
             shading = kl_html(lab.preview.token_kl(vector_path, prompt_text, steered, a, band), a)
             yield gr.skip(), gr.skip(), shading, preview_status_html("done", a), gr.skip(), "done"
@@ -126,7 +179,8 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
             gr.Warning(message)
             yield (*skip3, preview_status_html("error"), error_html("Not previewed", message), "error")
 
-    go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed],
+    go.click(preview, [personas["vector_path"], prompt, alpha, layers, max_tokens, seed, replay, replay_kl,
+                       replay_window],
              [base_out, steered_out, shaded, preview_status, steer_error, preview_state], concurrency_limit=1)
 
     def ask_stop(state, request: gr.Request):
@@ -136,8 +190,9 @@ def build(lab: Lab, timer: gr.Timer, personas: dict) -> dict:
         return "<div class='sh-muted' id='preview-state' data-state='stopping'>Stopping…</div>"
 
     stop.click(ask_stop, preview_state, preview_status, queue=False)
-    for box in (prompt, alpha, layers, max_tokens, seed):
+    for box in (prompt, alpha, layers, max_tokens, seed, replay, replay_kl, replay_window):
         box.change(lambda: "", None, steer_error, queue=False, show_progress="hidden")
+    build_dose(lab, timer, personas, layers, alpha)
 
     gr.Markdown("### A batch for curation\nGenerate completions over several strengths in the background; "
                 "the Curate page shows them with every filter score.")

@@ -163,13 +163,23 @@ def _verdict(text: str, ids: Sequence[int], base_lp: torch.Tensor, steered_lp: t
              cfg: FilterConfig) -> Verdict:
     chosen = base_lp.gather(-1, torch.tensor(list(ids), dtype=torch.long)[:, None]).squeeze(-1) \
         if len(ids) else torch.zeros(0)
-    ppl = perplexity(chosen, cfg.tail_fraction)
+    kl = None if steered_lp is None else token_kl(steered_lp, base_lp)
+    return verdict_from_scores(text, chosen, kl, cfg)
+
+
+def verdict_from_scores(text: str, chosen_base_logprobs: torch.Tensor, kl: torch.Tensor | None,
+                        cfg: FilterConfig | None = None) -> Verdict:
+    """Every check from per-token scores already in hand: the base model's log-probability of
+    each token and, when known, each token's KL(steered || base) (decoding with backtracking
+    measures both while it generates, so no second pass is needed)."""
+    cfg = (cfg or FilterConfig()).validate()
+    ppl = perplexity(chosen_base_logprobs, cfg.tail_fraction)
     ok = ppl < cfg.max_tail_perplexity
     checks = [Check("tail_perplexity", ppl, cfg.max_tail_perplexity, bool(ok),
                     "" if ok else f"tail perplexity {ppl:.1f} \u2265 {cfg.max_tail_perplexity:g}")]
     verdict = Verdict(checks + text_checks(text, cfg))
-    if steered_lp is not None:
-        summary = summarise_kl(token_kl(steered_lp, base_lp))
+    if kl is not None:
+        summary = summarise_kl(kl)
         verdict.kl = summary
         if cfg.max_kl_rmse is not None:
             ok = summary["rmse"] < cfg.max_kl_rmse

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from steerheal.backtrack import Backtrack, BacktrackConfig, decode
 from steerheal.batching import encode_left_padded
 from steerheal.chat import chat_prompt
 from steerheal.config import GenerationConfig, SteerConfig
@@ -27,6 +28,8 @@ class Completion:
     text: str
     token_ids: list[int]
     finished: bool  # ended with EOS rather than hitting max_new_tokens
+    backtracks: list[Backtrack] = field(default_factory=list)  # replayed spans (generation with backtracking)
+    token_kl: list[float] | None = None  # KL(steered || base) per token, when backtracking watched it
 
     @property
     def n_tokens(self) -> int:
@@ -76,18 +79,57 @@ class _StopWhenAsked(StoppingCriteria):
         return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
 
 
+def sampler(cfg: GenerationConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The token choice `model.generate` makes for these settings (same warpers in the same
+    order, one multinomial draw per step), for decoding loops of our own."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    if cfg.greedy:
+        return lambda scores: scores.argmax(-1)
+    warpers = LogitsProcessorList()
+    if cfg.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        warpers.append(TopKLogitsWarper(top_k=cfg.top_k))
+    if cfg.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=cfg.top_p))
+    return lambda scores: torch.multinomial(torch.softmax(warpers(None, scores), dim=-1), num_samples=1).squeeze(1)
+
+
+def eos_token_ids(lm: LoadedModel) -> list[int]:
+    eos = lm.tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _backtracking_batch(lm: LoadedModel, prompts: Sequence[str], rendered: Sequence[str], cfg: GenerationConfig,
+                        vector: SteeringVector, steer_cfg: SteerConfig, alphas: Sequence[float],
+                        backtrack: BacktrackConfig, should_stop) -> list[Completion]:
+    tok = lm.tokenizer
+    prompt_rows = [tok(r, add_special_tokens=False).input_ids for r in rendered]
+    decoded = decode(lm, prompt_rows, vector, steer_cfg, alphas, backtrack, sampler(cfg), cfg.max_new_tokens,
+                     cfg.min_new_tokens, eos=eos_token_ids(lm), pad=tok.pad_token_id, should_stop=should_stop)
+    return [Completion(prompt=p, text=tok.decode(d.token_ids, skip_special_tokens=True), token_ids=d.token_ids,
+                       finished=d.finished, backtracks=d.backtracks, token_kl=d.token_kl)
+            for p, d in zip(prompts, decoded)]
+
+
 def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | None = None,
              vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None,
              progress: ProgressFn | None = None, alphas: Sequence[float] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> list[Completion]:
+             should_stop: Callable[[], bool] | None = None,
+             backtrack: BacktrackConfig | None = None) -> list[Completion]:
     """Answer each user prompt (with cfg.system_prompt), in batches, seeded by cfg.seed.
 
     Prompts are sorted by length so batches carry little padding; results come back in
     the order given. `alphas` gives each prompt its own strength (steer_cfg's alpha is then
     unused), so a sweep over strengths runs in full batches. `should_stop` is polled at every
     decoding step; once it says True, generation ends and InterruptedError is raised.
+    With `backtrack` (and a vector), windows whose KL to base passes its threshold are decoded
+    again at a lower strength (steerheal.backtrack); without it, this is `model.generate`.
     """
     cfg = (cfg or GenerationConfig()).validate()
+    if backtrack is not None:
+        backtrack.validate(cfg.max_new_tokens)
     rendered = [chat_prompt(lm.tokenizer, p, cfg.system_prompt) for p in prompts]
     lengths = [len(lm.tokenizer(r, add_special_tokens=False).input_ids) for r in rendered]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
@@ -100,11 +142,22 @@ def generate(lm: LoadedModel, prompts: Sequence[str], cfg: GenerationConfig | No
     if alphas is not None and len(alphas) != len(prompts):
         raise SteerhealError(f"Got {len(alphas)} alphas for {len(prompts)} prompts: give one per prompt.")
     rows = RowAlphas() if alphas is not None else None
-    with _steering(lm, vector, steer_cfg, rows), torch.inference_mode():
+    backtracking = backtrack is not None and vector is not None and steer_cfg is not None
+    hooks = nullcontext() if backtracking else _steering(lm, vector, steer_cfg, rows)  # decode() steers itself
+    with hooks, torch.inference_mode():
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             if rows is not None:
                 rows.set(alphas[i] for i in idx)
+            if backtracking:
+                row_alphas = [alphas[i] if alphas is not None else steer_cfg.alpha for i in idx]
+                for i, c in zip(idx, _backtracking_batch(lm, [prompts[i] for i in idx], [rendered[i] for i in idx],
+                                                         cfg, vector, steer_cfg, row_alphas, backtrack, should_stop)):
+                    results[i] = c
+                done += len(idx)
+                if progress:
+                    progress(done, len(prompts))
+                continue
             batch = encode_left_padded(lm.tokenizer, [rendered[i] for i in idx], lm.device)
             out = lm.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
             if should_stop is not None and should_stop():

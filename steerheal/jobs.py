@@ -12,6 +12,10 @@ Job kinds and their params:
                                                       -> {batch_id, n}  (completions stored as batch run)
     loop      {run_id}                                -> {status}
     export    {run_id, round, out, merged}            -> the export manifest
+    dose      {model, vector, layers, alphas, target, n_prompts, max_new_tokens, pair, items}
+                                                      -> {points, and with a target: alpha, measure,
+                                                          evaluations, reached}; the points so far are
+                                                          in the job's progress while it runs
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from steerheal.store import Store
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER_SECONDS = 20.0
-JOB_KINDS = ("vector", "generate", "loop", "export")
+JOB_KINDS = ("vector", "generate", "loop", "export", "dose")
 
 
 class Cancelled(InterruptedError):
@@ -168,8 +172,45 @@ def _job_export(store: Store, params: dict, ctx: JobContext, models: ModelCache)
                         merged=bool(params.get("merged", True)), say=lambda msg: ctx.progress(msg))
 
 
+def _job_dose(store: Store, params: dict, ctx: JobContext, models: ModelCache) -> dict:
+    from steerheal.dose import DoseConfig, DoseMeter, DoseTarget, calibrate, check_grid, dose_curve
+    from steerheal.evals.axis import bundled_items, has_bundled_items, load_items, select
+    from steerheal.presets import generation_prompts
+    from steerheal.vectors import SteeringVector
+
+    grid = check_grid(params["alphas"])
+    target = DoseTarget(**params["target"]).validate() if params.get("target") else None
+    cfg = DoseConfig(layers=params.get("layers", "0.45-0.55"), n_prompts=int(params.get("n_prompts", 16)),
+                     max_new_tokens=int(params.get("max_new_tokens", 32))).validate()
+    pair = params.get("pair")
+    items = load_items(params["items"]) if params.get("items") else (
+        bundled_items(pair) if pair and has_bundled_items(pair) else [])
+    items = select(items, "dev") if any(i.split == "dev" for i in items) else items
+    vector = SteeringVector.load(params["vector"])
+    ctx.progress("loading model")
+    lm = models.get(params.get("model", "bundled"), params.get("load_in_4bit", False))
+    meter = DoseMeter(lm, vector, generation_prompts(pair), cfg, items=items, should_stop=ctx.should_stop)
+    total = len(grid) + (target.max_evaluations if target else 0)
+
+    def report(points) -> None:
+        ctx.progress("measuring the dose curve", len(points), total, points=[p.to_dict() for p in points])
+        ctx.check()
+
+    ctx.progress("measuring the dose curve", 0, total, points=[])
+    points = dose_curve(meter, grid, on_point=report)
+    result: dict = dict(points=[p.to_dict() for p in points])
+    if target is not None:
+        ctx.progress("calibrating", len(points), total, points=result["points"])
+        found = calibrate(meter, target, grid=grid, on_point=report)
+        result.update(points=[p.to_dict() for p in found.points], alpha=found.alpha, measure=found.measure,
+                      evaluations=found.evaluations, reached=found.reached,
+                      target=dict(kind=target.kind, value=target.value, sign=target.sign))
+    return result
+
+
 HANDLERS: dict[str, Callable[[Store, dict, JobContext, ModelCache], dict]] = {
-    "vector": _job_vector, "generate": _job_generate, "loop": _job_loop, "export": _job_export}
+    "vector": _job_vector, "generate": _job_generate, "loop": _job_loop, "export": _job_export,
+    "dose": _job_dose}
 
 
 def run_job(store: Store, job: dict, models: ModelCache | None = None) -> dict:

@@ -116,7 +116,6 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
                              for p in answer_probes(lm, max_new_tokens=cfg.probe_tokens)])
     measures.measure(-1, "prompted", persona=persona_system_prompt(pair.pos))
     v0 = None
-    mid_alpha = sorted(cfg.alphas)[len(cfg.alphas) // 2]
     for round_ in range(len(done_rounds), cfg.rounds):
         earlier = store.rows("rounds", run_id, round_)
         curated = bool(earlier) and earlier[0]["status"] == "curated"
@@ -130,6 +129,8 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             v0 = vector
         elif v0 is None:
             v0 = SteeringVector.load(store.artifact(run_id, 0, "vector.safetensors"))
+        alphas = _round_alphas(store, run_id, round_, lm, cfg, vector, say, should_stop)
+        mid_alpha = sorted(alphas)[len(alphas) // 2]
         if round_ == 0 and cfg.random_control:
             measures.measure(0, "random", vector=vector.random_like(cfg.seed), alpha=mid_alpha)
         if not _has(store, "vectors", run_id, round_):
@@ -138,7 +139,7 @@ def _run(store: Store, run_id: int, cfg: RunConfig, say: Progress,
             store.put("vectors", [dict(run_id=run_id, round=round_, path=str(path), sha256=digest,
                                        norms=vector.norms, cos_v0=vector.mean_cosine(v0))])
         if not _has(store, "completions", run_id, round_):
-            _generate_and_filter(store, run_id, round_, lm, cfg, vector, gen_cfg, say, should_stop)
+            _generate_and_filter(store, run_id, round_, lm, cfg, vector, alphas, gen_cfg, say, should_stop)
         if cfg.curation == "manual" and not curated:
             store.put("rounds", [dict(run_id=run_id, round=round_, status="waiting", started=started, finished=None)])
             store.set_run(run_id, status="waiting", stage=f"round {round_}: waiting for curation")
@@ -191,15 +192,53 @@ def stop_reason(store: Store, run_id: int, round_: int, cfg: RunConfig) -> str |
     return None
 
 
+def _round_alphas(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, vector: SteeringVector,
+                  say: Progress, should_stop) -> tuple[float, ...]:
+    """The round's strengths: the fixed ones, or (alphas = "auto") the calibrated alpha times each
+    of auto_spread, calibrated on the current model and vector (stored; a resumed round reuses it)."""
+    fixed = cfg.fixed_alphas()
+    if fixed is not None:
+        return fixed
+    stored = store.rows("calibrations", run_id, round_)
+    if stored:
+        return tuple(json.loads(stored[0]["alphas"]))
+    from steerheal.dose import DoseConfig, DoseMeter, calibrate
+
+    target = cfg.dose_target()
+    store.set_run(run_id, stage=f"round {round_}: calibrate")
+    say("calibrate", {"round": round_, "target": target.label})
+    t0 = time.time()
+    meter = DoseMeter(lm, vector, _generation_prompts(cfg),
+                      DoseConfig(layers=cfg.layers, n_prompts=cfg.dose_prompts, max_new_tokens=min(32, cfg.max_new_tokens),
+                                 seed=cfg.seed + round_, axis_items=0, drift_prompts=0, filters=cfg.filters),
+                      should_stop=should_stop)
+
+    def evaluated(points) -> None:
+        say("calibrate", {"round": round_, "step": len(points), "of": target.max_evaluations})
+        crash_point(f"round{round_}:calibrating")
+
+    found = calibrate(meter, target, on_point=evaluated)
+    alphas = tuple(round(found.alpha * k, 4) for k in cfg.auto_spread)
+    store.put("calibrations", [dict(run_id=run_id, round=round_, kind=target.kind, target=target.value,
+                                    alpha=found.alpha, measure=found.measure, evaluations=found.evaluations,
+                                    reached=int(found.reached), alphas=list(alphas),
+                                    points=[p.to_dict() for p in found.points], seconds=round(time.time() - t0, 2))])
+    return alphas
+
+
+def _generation_prompts(cfg: RunConfig) -> list[str]:
+    return generation_prompts(cfg.pair if cfg.persona_pair().name != "custom" else None)
+
+
 def _generate_and_filter(store: Store, run_id: int, round_: int, lm, cfg: RunConfig, vector: SteeringVector,
-                         gen_cfg: GenerationConfig, say: Progress, should_stop) -> None:
+                         alphas: tuple[float, ...], gen_cfg: GenerationConfig, say: Progress, should_stop) -> None:
     store.set_run(run_id, stage=f"round {round_}: generate")
-    prompts = generation_prompts(cfg.pair if cfg.persona_pair().name != "custom" else None)
-    jobs = [(prompts[i % len(prompts)], cfg.alphas[i % len(cfg.alphas)]) for i in range(cfg.n_completions)]
+    prompts = _generation_prompts(cfg)
+    jobs = [(prompts[i % len(prompts)], alphas[i % len(alphas)]) for i in range(cfg.n_completions)]
     say("generate", {"round": round_, "n": len(jobs)})
     sc = SteerConfig(alpha=1.0, layers=cfg.layers)
     comps = generate(lm, [p for p, _ in jobs], replace(gen_cfg, seed=cfg.seed + round_), vector, sc,
-                     alphas=[a for _, a in jobs], should_stop=should_stop)
+                     alphas=[a for _, a in jobs], should_stop=should_stop, backtrack=cfg.backtrack)
     crash_point(f"round{round_}:generated")
     say("filter", {"round": round_})
     verdicts = evaluate_completions(lm, [c.prompt for c in comps], [c.token_ids for c in comps],
@@ -207,7 +246,9 @@ def _generate_and_filter(store: Store, run_id: int, round_: int, lm, cfg: RunCon
                                     [replace(sc, alpha=a) for _, a in jobs])
     rows = [dict(run_id=run_id, round=round_, idx=k, prompt=c.prompt, alpha=alpha, text=c.text,
                  n_tokens=c.n_tokens, scores={"checks": v.to_dict()["checks"], "kl": v.kl,
-                                              "token_ids": c.token_ids},
+                                              "token_ids": c.token_ids,
+                                              **({"backtracks": [b.to_dict() for b in c.backtracks]}
+                                                 if cfg.backtrack is not None else {})},
                  auto_verdict=int(v.auto), human_verdict=None, reasons=v.reasons)
             for k, ((_, alpha), c, v) in enumerate(zip(jobs, comps, verdicts))]
     store.put("completions", sorted(rows, key=lambda r: r["idx"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from steerheal.backtrack import BacktrackConfig
 from steerheal.config import BUNDLED_MODEL, GenerationConfig, LayerBand, _finite
 from steerheal.errors import SteerhealError
 from steerheal.evals.tinymfv import EvalConfig
@@ -26,7 +27,14 @@ class RunConfig:
     pos: str | None = None  # custom personas override the preset's
     neg: str | None = None
     rounds: int = 3
-    alphas: tuple[float, ...] = (2.0, 3.0, 4.0)
+    # Fixed strengths, or "auto": each round calibrates alpha on the current model and vector to
+    # target_kl (p95 per-token KL to base, nats) or target_kept (share of completions kept), and
+    # generates at that alpha times each of auto_spread.
+    alphas: tuple[float, ...] | str = (2.0, 3.0, 4.0)
+    target_kl: float | None = None
+    target_kept: float | None = None
+    auto_spread: tuple[float, ...] = (0.75, 1.0, 1.25)
+    dose_prompts: int = 16  # prompts (x 32 tokens) each calibration evaluation decodes
     layers: str = "0.45-0.55"
     n_completions: int = 32
     max_new_tokens: int = 64
@@ -53,6 +61,7 @@ class RunConfig:
     load_in_4bit: bool = False  # QLoRA on a 4-bit base (CUDA only); adapters stay stacked
     seed: int = 42
     filters: FilterConfig = field(default_factory=FilterConfig)
+    backtrack: BacktrackConfig | None = None  # replay windows whose KL to base passes a threshold (None: off)
     heal: HealConfig = field(default_factory=lambda: HealConfig(rank=16, lora_alpha=32, epochs=2))
 
     def validate(self) -> "RunConfig":
@@ -82,12 +91,7 @@ class RunConfig:
     def _validate(self) -> "RunConfig":
         if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 1000:
             raise SteerhealError(f"rounds must be an integer in 1..1000, got {self.rounds!r}.")
-        if not self.alphas or len(self.alphas) > 64 or any(
-                not isinstance(a, (int, float)) or not math.isfinite(float(a)) for a in self.alphas):
-            raise SteerhealError("Give between 1 and 64 finite alphas.")
-        for a in self.alphas:
-            if abs(float(a)) > 1000:
-                raise SteerhealError(f"alpha {a:g} is far outside any useful strength (|alpha| <= 1000).")
+        self._validate_alphas()
         LayerBand(self.layers).resolve(100_000)  # syntax; the model's own depth is checked once it loads
         if not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 500:
             raise SteerhealError("model must be 'bundled', a Hugging Face id or a local directory.")
@@ -134,6 +138,43 @@ class RunConfig:
         self.filters.validate()
         self.heal.validate()
         return self
+
+    def _validate_alphas(self) -> None:
+        if self.alphas == "auto":
+            self.dose_target()
+            spread = self.auto_spread
+            if not spread or len(spread) > 16 or any(not isinstance(k, (int, float)) or not 0 < float(k) <= 10
+                                                     for k in spread):
+                raise SteerhealError("auto_spread must hold 1 to 16 multipliers in (0, 10], e.g. [0.75, 1, 1.25].")
+            if not isinstance(self.dose_prompts, int) or not 1 <= self.dose_prompts <= 256:
+                raise SteerhealError(f"dose_prompts must be an integer in 1..256, got {self.dose_prompts!r}.")
+        elif isinstance(self.alphas, str):
+            raise SteerhealError(f"alphas must be a list of numbers or \"auto\", got {self.alphas!r}.")
+        else:
+            if not self.alphas or len(self.alphas) > 64 or any(
+                    not isinstance(a, (int, float)) or not math.isfinite(float(a)) for a in self.alphas):
+                raise SteerhealError("Give between 1 and 64 finite alphas.")
+            for a in self.alphas:
+                if abs(float(a)) > 1000:
+                    raise SteerhealError(f"alpha {a:g} is far outside any useful strength (|alpha| <= 1000).")
+            if self.target_kl is not None or self.target_kept is not None:
+                raise SteerhealError("A dose target needs alphas = \"auto\" (fixed alphas are used as given).")
+        if self.backtrack is not None:
+            self.backtrack.validate(self.max_new_tokens)
+
+    def dose_target(self):
+        """The calibration target of alphas = "auto" (one of target_kl, target_kept)."""
+        from steerheal.dose import DoseTarget
+
+        if (self.target_kl is None) == (self.target_kept is None):
+            raise SteerhealError("alphas = \"auto\" needs one target: target_kl (a KL budget in nats, e.g. 1.0) "
+                                 "or target_kept (a kept share, e.g. 0.5).")
+        if self.target_kl is not None:
+            return DoseTarget(kind="kl", value=self.target_kl).validate()
+        return DoseTarget(kind="kept", value=self.target_kept).validate()
+
+    def fixed_alphas(self) -> tuple[float, ...] | None:
+        return None if self.alphas == "auto" else tuple(float(a) for a in self.alphas)
 
     def tinymfv_mode(self, model_id: str | None = None) -> str:
         """off / subset / full for this run ("auto" decided by the model)."""
@@ -192,19 +233,28 @@ class RunConfig:
     def _from_dict(cls, data: dict) -> "RunConfig":
         data = dict(data)
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"filters", "heal"}
+        unknown = set(data) - known - {"filters", "heal", "backtrack"}
         if unknown:
             raise SteerhealError(f"Unknown run setting(s): {', '.join(sorted(unknown))}.")
         filters_data, heal_data = data.pop("filters", {}), data.pop("heal", {})
         if not isinstance(filters_data, dict) or not isinstance(heal_data, dict):
             raise SteerhealError("filters and heal must be tables of settings.")
         filters = FilterConfig(**filters_data)
+        backtrack_data = data.pop("backtrack", None)
+        if backtrack_data is not None and not isinstance(backtrack_data, dict):
+            raise SteerhealError("backtrack must be a table of settings (threshold, window, scale, max_backtracks).")
+        backtrack = BacktrackConfig(**backtrack_data) if backtrack_data is not None else None
         heal_data = dict(heal_data)
         for key in ("depth", "betas"):
             if key in heal_data:
                 heal_data[key] = tuple(heal_data[key])
         if data.get("contexts") is not None:
             data["contexts"] = tuple(str(c) for c in data["contexts"])
-        if "alphas" in data:
+        if "alphas" in data and data["alphas"] != "auto":
+            if isinstance(data["alphas"], str):
+                raise SteerhealError(f"alphas must be a list of numbers or \"auto\", got {data['alphas']!r}.")
             data["alphas"] = tuple(float(a) for a in data["alphas"])
-        return cls(**{k: v for k, v in data.items() if k in known}, filters=filters, heal=HealConfig(**heal_data))
+        if "auto_spread" in data:
+            data["auto_spread"] = tuple(float(a) for a in data["auto_spread"])
+        return cls(**{k: v for k, v in data.items() if k in known}, filters=filters, heal=HealConfig(**heal_data),
+                   backtrack=backtrack)

@@ -1,7 +1,7 @@
 """`steerheal` command line. Errors the user can fix print one line and exit with code 2.
 
 Commands live in modules by family (lab: one model; runs: the store; science: the axis eval and
-the method's questions); each registers itself
+the method's questions; dose: the dose curve and calibration); each registers itself
 with `common.command` and adds its parsers in `add_parsers`."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import logging
 import sys
 from typing import Sequence
 
-from steerheal.cli import lab, runs, science
+from steerheal.cli import dose, lab, runs, science
 from steerheal.cli.common import COMMANDS, quiet_libraries
 from steerheal.errors import SteerhealError
 
-FAMILIES = (lab, runs, science)
+FAMILIES = (lab, runs, science, dose)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,7 +45,36 @@ def _run_config(args):
         top["data_dir"] = args.data
     if args.items:
         top["axis_items"] = str(Path(args.items).resolve())  # checked by validate(), naming file:line
+    top.update(_dose_flags(args, cfg))
     return replace(cfg, **top, heal=replace(cfg.heal, **heal)).validate()
+
+
+def _dose_flags(args, cfg) -> dict:
+    """--alphas (numbers or auto), --target-kl / --target-kept, --backtrack-* as run settings."""
+    from dataclasses import replace
+
+    from steerheal.backtrack import BacktrackConfig
+
+    out: dict = {}
+    if args.alphas is not None:
+        if args.alphas.strip() == "auto":
+            out["alphas"] = "auto"
+        else:
+            try:
+                out["alphas"] = tuple(float(a) for a in args.alphas.split(",") if a.strip())
+            except ValueError:
+                raise SteerhealError(f"--alphas {args.alphas!r}: give numbers separated by commas (2,3,4) "
+                                     "or auto.") from None
+    for key in ("target_kl", "target_kept"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    knobs = {k: getattr(args, f"backtrack_{k}") for k in ("threshold", "window", "scale", "max")
+             if getattr(args, f"backtrack_{k}") is not None}
+    if knobs:
+        if "max" in knobs:
+            knobs["max_backtracks"] = knobs.pop("max")
+        out["backtrack"] = replace(cfg.backtrack or BacktrackConfig(), **knobs)
+    return out
 
 
 @command("run")
@@ -205,6 +234,15 @@ def add_parsers(sub) -> None:
                       ("--probe-tokens", int), ("--tau", finite_float),
                       ("--lam", finite_float)):
         p.add_argument(flag, type=typ)
+    p.add_argument("--alphas", help="strengths, comma-separated (default 2,3,4), or auto: calibrate each round "
+                                    "to --target-kl or --target-kept")
+    p.add_argument("--target-kl", type=finite_float, help="with --alphas auto: p95 per-token KL to base, nats (e.g. 1)")
+    p.add_argument("--target-kept", type=finite_float, help="with --alphas auto: share of completions kept (e.g. 0.5)")
+    p.add_argument("--backtrack-threshold", type=finite_float,
+                   help="generate with backtracking: replay a window whose mean KL to base is above this (nats)")
+    p.add_argument("--backtrack-window", type=int, help="tokens per backtracking window (default 8)")
+    p.add_argument("--backtrack-scale", type=finite_float, help="alpha multiplier of a replayed window (default 0.5)")
+    p.add_argument("--backtrack-max", type=int, help="replays per completion at most (default 2)")
     p.add_argument("--tinymfv", choices=["auto", "off", "subset", "full"],
                    help="tinymfv evals: full (132 rows), subset (--eval-limit rows, default 36, stratified), off; "
                         "auto (default): off on the bundled model, whose answers it cannot read, full otherwise")

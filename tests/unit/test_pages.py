@@ -60,8 +60,9 @@ def _form(**over):
     values = dict(rounds=1, alphas="2, 4", n=6, tokens=16, curation="auto", agg="rmse", tau=1.0, lam=0.3, power=0.0,
                   ref="base", rank=4, lr=1e-4, epochs=1, limit=3, think=1, probe=12, seed=0, random=False,
                   pos=pair["pos"], neg=pair["neg"], contexts="\n".join(default_contexts()), layers="0.45-0.55")
+    named = {f"{k}_v": over.pop(k) for k in list(over) if k not in values}  # later fields, by keyword
     values.update(over)
-    return run_config_from_form("bundled", *values.values())
+    return run_config_from_form("bundled", *values.values(), **named)
 
 
 def test_the_heal_form_refuses_settings_that_cannot_heal_and_says_what_to_change():
@@ -225,8 +226,15 @@ def test_a_picked_run_shows_its_own_loop_settings_and_a_never_started_run_says_s
     assert shown == dict(rounds=2, alphas="2, 5.5", n_completions=8, max_new_tokens=24, curation="manual",
                          agg="rmse", tau=0.7, lam=0.3, lam_power=0.0, ref="base", random_control=True, rank=8,
                          lr=1e-4, epochs=3, eval_limit=5, think_tokens=3, probe_tokens=20, seed=7,
-                         tinymfv="subset", axis_limit=0, drift_prompts=32, drift_tokens=32, incoherence_ceiling=2.0)
+                         tinymfv="subset", axis_limit=0, drift_prompts=32, drift_tokens=32, incoherence_ceiling=2.0,
+                         target_kind="KL budget", target_value=1.0, backtrack=False, backtrack_kl=1.0,
+                         backtrack_window=8)
     assert loop_settings({"tinymfv": "on"})["tinymfv"] == "full"  # "on" in runs from before tinymfv modes
+    # Issue 18: a calibrated run shows "auto" and its target; a backtracking run its replay settings.
+    dosed = loop_settings(_form(alphas="auto", target_kind="kept share", target_value=0.6, backtrack=True,
+                                backtrack_kl=2.0, backtrack_window=6).to_dict())
+    assert (dosed["alphas"], dosed["target_kind"], dosed["target_value"]) == ("auto", "kept share", 0.6)
+    assert (dosed["backtrack"], dosed["backtrack_kl"], dosed["backtrack_window"]) == (True, 2.0, 6)
     assert loop_settings({"rounds": 1})["alphas"] == "2, 3, 4"  # an old config lacking a key: the default
     assert run_stage_text(dict(status="cancelled", stage="created")) == "cancelled before it started"
     assert run_stage_text(dict(status="running", stage="created")) == "starting"
