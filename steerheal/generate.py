@@ -183,9 +183,44 @@ class _StopFlag:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def _stream_backtracking(lm: LoadedModel, prompt: str, cfg: GenerationConfig, vector: SteeringVector,
+                         steer_cfg: SteerConfig, backtrack: BacktrackConfig) -> Iterator[str]:
+    import queue
+
+    tok = lm.tokenizer
+    row = tok(chat_prompt(tok, prompt, cfg.system_prompt), add_special_tokens=False).input_ids
+    steps: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            torch.manual_seed(cfg.seed)
+            decode(lm, [row], vector, steer_cfg, [steer_cfg.alpha], backtrack, sampler(cfg), cfg.max_new_tokens,
+                   cfg.min_new_tokens, eos=eos_token_ids(lm), pad=tok.pad_token_id, should_stop=stop.is_set,
+                   on_step=lambda ids, _: steps.put(ids[0]))
+        except InterruptedError:
+            pass
+        except BaseException as err:  # surfaced to the consumer below
+            steps.put(err)
+        steps.put(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while (item := steps.get(timeout=600)) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield tok.decode(item, skip_special_tokens=True)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig | None = None,
-           vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None) -> Iterator[str]:
+           vector: SteeringVector | None = None, steer_cfg: SteerConfig | None = None,
+           backtrack: BacktrackConfig | None = None) -> Iterator[str]:
     """Yield the completion text so far, token by token. Closing the iterator stops generation.
+    With `backtrack`, a replayed window makes the text shorter for a few steps.
 
     Steering hooks sit on the shared model while the stream runs: do not run two streams
     on one model at once (the app's preview service holds a lock).
@@ -193,6 +228,9 @@ def stream(lm: LoadedModel, prompt: str, cfg: GenerationConfig | None = None,
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     cfg = (cfg or GenerationConfig()).validate()
+    if backtrack is not None and vector is not None and steer_cfg is not None:
+        yield from _stream_backtracking(lm, prompt, cfg, vector, steer_cfg, backtrack.validate(cfg.max_new_tokens))
+        return
     text = chat_prompt(lm.tokenizer, prompt, cfg.system_prompt)
     batch = encode_left_padded(lm.tokenizer, [text], lm.device)
     streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)

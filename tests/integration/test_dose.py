@@ -9,7 +9,7 @@ from steerheal.backtrack import BacktrackConfig
 from steerheal.config import GenerationConfig, SteerConfig
 from steerheal.dose import DoseConfig, DoseMeter, DoseTarget, calibrate, dose_curve
 from steerheal.evals.axis import bundled_items, select
-from steerheal.generate import generate
+from steerheal.generate import generate, stream
 from steerheal.presets import generation_prompts
 from tests.conftest import run_cli
 
@@ -47,6 +47,11 @@ def test_windows_over_the_threshold_are_replayed_at_a_lower_strength_and_kl_fall
             assert b.window_kl > 1.0 and b.alpha == pytest.approx(8.0 * 0.5 ** k) and b.position % 4 == 0
     mean = lambda cs: sum(sum(c.token_kl) for c in cs) / sum(c.n_tokens for c in cs)  # noqa: E731
     assert mean(replayed) < mean(plain)
+    # The streaming variant ends on the same text as the batch, and shrinks while a window replays.
+    one = next(c for c in replayed if c.backtracks)
+    texts = list(stream(lm, one.prompt, gen, care_vector, SteerConfig(alpha=8.0), backtrack=replay))
+    assert texts[-1] == generate(lm, [one.prompt], gen, care_vector, SteerConfig(alpha=8.0), backtrack=replay)[0].text
+    assert any(len(b) < len(a) for a, b in zip(texts, texts[1:]))
 
 
 def test_the_dose_curve_shows_kl_and_incoherence_rising_and_the_kept_share_falling(lm, care_vector):
