@@ -82,11 +82,10 @@ StepFn = Callable[[list[list[int]], list[list[Backtrack]]], None]
 
 
 class _Row:
-    def __init__(self, alpha: float, last_prompt_col: int) -> None:
+    def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         self.tokens: list[int] = []
         self.made_by: list[int] = []  # the cache column whose output gave each token's distribution
-        self.steered_lp: dict[int, torch.Tensor] = {}  # token index -> steered log-probs, until scored
         self.kl: list[float] = []
         self.base_logprobs: list[float] = []
         self.alphas: list[float] = []
@@ -96,7 +95,6 @@ class _Row:
         self.replay_until = 0  # tokens before this index decode with `factor`
         self.finished = False  # sampled EOS
         self.refeed: int | None = None  # after a rollback: the token to feed again before sampling
-        self.producing_col = last_prompt_col
 
     def alpha_for(self, index: int, decay: float) -> float:
         factor = self.factor if index < self.replay_until else 1.0
@@ -119,11 +117,16 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
     ids, mask = pad_rows(prompt_rows, pad, lm.device, side="left")
     n_rows, prompt_width = ids.shape
     history = ids.clone()  # the token fed at each cache column
-    rows = [_Row(float(a), prompt_width - 1) for a in alphas]
+    rows = [_Row(float(a)) for a in alphas]
     model_config = unwrapped_model(lm).config
     steered_cache, base_cache = DynamicCache(config=model_config), DynamicCache(config=model_config)
     row_alphas = RowAlphas()
     fed: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tokens, positions) of the columns since the last base pass
+    # Every row feeds one token per step into the same cache column, so the tokens sampled at one
+    # step share the column that produced them: one (column, steered log-probs, token index per
+    # row) per step waits here for the base pass, and is scored for the whole batch at once.
+    pending: list[tuple[int, torch.Tensor, list[int | None]]] = []
+    producing_col = prompt_width - 1
 
     def steered_forward(input_ids, pos, index_of_next: list[int]) -> torch.Tensor:
         row_alphas.set([r.alpha_for(i, steer_cfg.decay) for r, i in zip(rows, index_of_next)])
@@ -156,8 +159,8 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
                     scores = scores.clone()
                     scores[torch.tensor(short)[:, None], eos_tensor[None, :]] = -float("inf")
             chosen = choose(scores).tolist()
-            step_lp = torch.log_softmax(logits, dim=-1)
-            feed = []
+            feed: list[int] = []
+            sampled: list[int | None] = [None] * n_rows
             for k, r in enumerate(rows):
                 if r.refeed is not None:  # rolled back: feed the span's predecessor again, sample next step
                     token, r.refeed = r.refeed, None
@@ -166,13 +169,15 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
                     if token in eos_set:
                         r.finished, token = True, pad
                     else:
-                        r.steered_lp[len(r.tokens)] = step_lp[k].clone()
+                        sampled[k] = len(r.tokens)
                         r.alphas.append(r.alpha_for(len(r.tokens), steer_cfg.decay))
-                        r.made_by.append(r.producing_col)
+                        r.made_by.append(producing_col)
                         r.tokens.append(token)
                 else:
                     token = pad
                 feed.append(token)
+            if any(i is not None for i in sampled):
+                pending.append((producing_col, torch.log_softmax(logits, dim=-1), sampled))
             if on_step is not None:
                 on_step([list(r.tokens) for r in rows], [list(r.backtracks) for r in rows])
             if busy():  # someone needs the next distribution: feed this step's tokens
@@ -181,8 +186,7 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
                 mask = torch.cat([mask, mask.new_ones((n_rows, 1))], dim=1)
                 history = torch.cat([history, step_ids], dim=1)
                 logits = steered_forward(step_ids, step_pos, [len(r.tokens) for r in rows])
-                for r in rows:
-                    r.producing_col = col
+                producing_col = col
                 fed.append((step_ids, step_pos))
                 col += 1
                 if len(fed) < cfg.window:
@@ -192,22 +196,33 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
                 first = col - len(fed)
                 base_lp.update({first + j: out[:, j] for j in range(len(fed))})
                 fed = []
-            _score_and_check(rows, base_lp, cfg, mask, history, sampling)
+            _score(rows, pending, base_lp)
+            pending = []
+            _check(rows, cfg, mask, history, sampling)
             base_lp = {c: v for c, v in base_lp.items() if c == col - 1}
     return [DecodedRow(token_ids=r.tokens, finished=r.finished, token_kl=r.kl, base_logprobs=r.base_logprobs,
                        backtracks=r.backtracks, alphas=r.alphas) for r in rows]
 
 
-def _score_and_check(rows: list[_Row], base_lp: dict[int, torch.Tensor], cfg: BacktrackConfig,
-                     mask: torch.Tensor, history: torch.Tensor, sampling: Callable[[_Row], bool]) -> None:
-    """Fill in each row's per-token KL (every sampled token's base distribution is known after a
-    base pass), then judge each complete window, and a last partial one once the row has
-    stopped sampling; roll back a row whose window is over the threshold."""
+def _score(rows: list[_Row], pending: list[tuple[int, torch.Tensor, list[int | None]]],
+           base_lp: dict[int, torch.Tensor]) -> None:
+    """Each waiting step's KL(steered || base) and base log-probability, for the whole batch in
+    one go, appended to the rows that sampled at that step (in token order)."""
+    for col, steered, sampled in pending:
+        base = base_lp[col]
+        kl = token_kl(steered, base).clamp_min(0.0).tolist()
+        for k, i in enumerate(sampled):
+            if i is not None:
+                r = rows[k]
+                r.kl.append(kl[k])
+                r.base_logprobs.append(float(base[k, r.tokens[i]]))
+
+
+def _check(rows: list[_Row], cfg: BacktrackConfig, mask: torch.Tensor, history: torch.Tensor,
+           sampling: Callable[[_Row], bool]) -> None:
+    """Judge each complete window (and a last partial one once the row has stopped sampling);
+    roll back a row whose window's mean KL is over the threshold."""
     for k, r in enumerate(rows):
-        for i in sorted(r.steered_lp):
-            base = base_lp[r.made_by[i]][k]
-            r.kl.append(float(token_kl(r.steered_lp.pop(i), base).clamp_min(0.0)))
-            r.base_logprobs.append(float(base[r.tokens[i]]))
         while len(r.kl) > r.window_start:
             known = len(r.kl) - r.window_start
             if known < cfg.window and (sampling(r) or r.refeed is not None):
@@ -233,6 +248,5 @@ def _roll_back(r: _Row, k: int, mean_kl: float, cfg: BacktrackConfig, mask: torc
     r.backtracks.append(Backtrack(position=start, rolled_back=len(r.tokens) - start, window_kl=round(mean_kl, 4),
                                   alpha=r.alpha * r.factor))
     del r.tokens[start:], r.made_by[start:], r.kl[start:], r.base_logprobs[start:], r.alphas[start:]
-    r.steered_lp = {}
     r.finished = False
     r.refeed = int(history[k, first_col])

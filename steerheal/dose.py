@@ -6,7 +6,9 @@ same random numbers), and while it writes, the unsteered model's distribution at
 gives the per-token KL(steered || base) on the steered model's own tokens (steerheal.backtrack,
 with replays off). From those: KL mean, p95 and the share of tokens above 1 nat, and the share of
 completions the filters keep. A full point also scores the axis items (dev split: runs report
-the held-out eval split, so the dose is never tuned on it) and the offline incoherence.
+the held-out eval split, so the dose is never tuned on it) and the offline incoherence (the
+headline of steerheal.evals.drift: greedy continuations of neutral prompts, KL rmse per prompt
+against the same model unsteered, mean over prompts with a bootstrap interval).
 
 *Calibration* bisects alpha (sign given) to a target: a KL budget (p95 per-token KL = X nats) or
 a kept share (S of completions pass the filters). It brackets the target by doubling from a
@@ -25,11 +27,12 @@ import torch
 
 from steerheal.backtrack import BacktrackConfig, decode
 from steerheal.chat import chat_prompt
-from steerheal.config import GenerationConfig, SteerConfig, _finite
+from steerheal.config import DEFAULT_SYSTEM_PROMPT, GenerationConfig, SteerConfig, _finite
 from steerheal.divergence import aggregate
 from steerheal.errors import SteerhealError
 from steerheal.filters import FilterConfig, verdict_from_scores
 from steerheal.models import LoadedModel
+from steerheal.stats import mean_interval
 
 DEFAULT_GRID = (-4.0, -2.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 TARGET_KINDS = {"kl": "p95 per-token KL (nats)", "kept": "share of completions kept"}
@@ -150,19 +153,14 @@ class DoseMeter:
     """Measures dose points for one model, vector and layer band; remembers each alpha."""
 
     def __init__(self, lm: LoadedModel, vector, prompts: Sequence[str], cfg: DoseConfig | None = None,
-                 items=None, should_stop: Callable[[], bool] | None = None, base_view=None, base_lm=None):
-        from contextlib import nullcontext
-
+                 items=None, should_stop: Callable[[], bool] | None = None):
         self.lm, self.vector, self.cfg = lm, vector, (cfg or DoseConfig()).validate()
         if not prompts:
             raise SteerhealError("The dose needs at least one prompt.")
         self.prompts = list(prompts)[: self.cfg.n_prompts]
         self.items = list(items or [])[: self.cfg.axis_items]
         self.should_stop = should_stop
-        self.base_view = base_view or nullcontext
-        self.base_lm = base_lm
         self._points: dict[float, DosePoint] = {}
-        self._base_nll = None
         steer_cfg = SteerConfig(alpha=0.0, layers=self.cfg.layers).validate()
         from steerheal.config import LayerBand
 
@@ -182,7 +180,7 @@ class DoseMeter:
         if known is not None and (not full or known.axis is not None or not self.items):
             return known
         t0 = time.time()
-        point = known or self._kl_and_kept(alpha)
+        point = known or self._decode_point(alpha, with_drift=full and bool(self.cfg.drift_prompts))
         point.grid = grid or (known.grid if known else False)
         if full:
             self._full(point)
@@ -190,51 +188,81 @@ class DoseMeter:
         self._points[alpha] = point
         return point
 
-    def _kl_and_kept(self, alpha: float) -> DosePoint:
+    def _decode_point(self, alpha: float, with_drift: bool) -> DosePoint:
+        """One decoding pass at alpha: the pair's prompts sampled (KL and the filters' verdicts),
+        and with_drift the neutral prompts greedily, EOS never chosen (the offline incoherence: KL
+        rmse per prompt against the unsteered model, mean over prompts). Both kinds of row share
+        the batch when they have the same length: a decoding step costs about the same for 16 rows
+        as for 24 on a CPU, so the incoherence comes nearly free."""
         from steerheal.generate import eos_token_ids, sampler
 
         cfg = self.cfg
         gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed).validate()
         steer_cfg = SteerConfig(alpha=alpha, layers=cfg.layers)
-        watch = BacktrackConfig(window=cfg.max_new_tokens, max_backtracks=0)  # score every token, replay none
         tok = self.lm.tokenizer
+        eos = eos_token_ids(self.lm)
+        draw = sampler(gen)
+        n_gen = len(self._rows)
+        drift_rows = self._drift_rows() if with_drift else []
+        jobs = [(r, "gen") for r in self._rows] + [(r, "drift") for r in drift_rows]
+        together = cfg.drift_tokens == cfg.max_new_tokens
+        groups = [jobs] if together else [jobs[:n_gen], jobs[n_gen:]]
         torch.manual_seed(cfg.seed)
         kls: list[float] = []
+        drift_rmse: list[float] = []
         kept = 0
-        for start in range(0, len(self._rows), cfg.batch_size):
-            rows = self._rows[start : start + cfg.batch_size]
-            decoded = decode(self.lm, rows, self.vector, steer_cfg, [alpha] * len(rows), watch, sampler(gen),
-                             cfg.max_new_tokens, eos=eos_token_ids(self.lm), pad=tok.pad_token_id,
-                             should_stop=self.should_stop)
-            for d in decoded:
-                text = tok.decode(d.token_ids, skip_special_tokens=True)
-                verdict = verdict_from_scores(text, torch.tensor(d.base_logprobs), torch.tensor(d.token_kl),
-                                              cfg.filters)
-                kept += verdict.kept
-                kls.extend(d.token_kl)
+        for group in groups:
+            for start in range(0, len(group), cfg.batch_size + (len(drift_rows) if together else 0)):
+                batch = group[start : start + cfg.batch_size + (len(drift_rows) if together else 0)]
+                if not batch:
+                    continue
+                greedy = torch.tensor([kind == "drift" for _, kind in batch])
+                n_tokens = cfg.max_new_tokens if batch[0][1] == "gen" else cfg.drift_tokens
+
+                def choose(scores, greedy=greedy):
+                    picked = draw(scores)
+                    if bool(greedy.any()):
+                        plain = scores[greedy].clone()
+                        plain[:, eos] = -float("inf")
+                        picked[greedy] = plain.argmax(-1)
+                    return picked
+
+                watch = BacktrackConfig(window=n_tokens, max_backtracks=0)  # score every token, replay none
+                decoded = decode(self.lm, [r for r, _ in batch], self.vector, steer_cfg, [alpha] * len(batch), watch,
+                                 choose, n_tokens, eos=eos, pad=tok.pad_token_id, should_stop=self.should_stop)
+                for (_, kind), d in zip(batch, decoded):
+                    if kind == "drift":
+                        drift_rmse.append(float(aggregate(torch.tensor(d.token_kl), "rmse")))
+                        continue
+                    text = tok.decode(d.token_ids, skip_special_tokens=True)
+                    verdict = verdict_from_scores(text, torch.tensor(d.base_logprobs), torch.tensor(d.token_kl),
+                                                  cfg.filters)
+                    kept += verdict.kept
+                    kls.extend(d.token_kl)
         kl = torch.tensor(kls) if kls else torch.zeros(0)
-        return DosePoint(alpha=alpha, kl_mean=float(aggregate(kl, "mean")), kl_p95=float(aggregate(kl, "p95")),
-                         kl_share_over_1=float((kl > CRASH_NATS).float().mean()) if kls else 0.0,
-                         kept_share=kept / len(self._rows), n_completions=len(self._rows), n_tokens=len(kls))
+        point = DosePoint(alpha=alpha, kl_mean=float(aggregate(kl, "mean")), kl_p95=float(aggregate(kl, "p95")),
+                          kl_share_over_1=float((kl > CRASH_NATS).float().mean()) if kls else 0.0,
+                          kept_share=kept / n_gen, n_completions=n_gen, n_tokens=len(kls))
+        if drift_rmse:
+            point.incoherence = mean_interval(drift_rmse).to_dict()
+        return point
+
+    def _drift_rows(self) -> list[list[int]]:
+        from steerheal.evals.drift import drift_prompts
+
+        tok = self.lm.tokenizer
+        return [tok(chat_prompt(tok, p, DEFAULT_SYSTEM_PROMPT), add_special_tokens=False).input_ids
+                for p in drift_prompts()[: self.cfg.drift_prompts]]
 
     def _full(self, point: DosePoint) -> None:
         from steerheal.evals.axis import evaluate_axis
-        from steerheal.evals.drift import DriftConfig, base_reference_nll, evaluate_drift
 
         steer_cfg = SteerConfig(alpha=point.alpha, layers=self.cfg.layers)
-        if self.items:
+        if self.items and point.axis is None:
             result = evaluate_axis(self.lm, self.items, stage="dose", vector=self.vector, steer_cfg=steer_cfg)
             point.axis = {"mean": result.mean, "ci_low": result.ci_low, "ci_high": result.ci_high, "n": result.n}
-        if self.cfg.drift_prompts:
-            drift_cfg = DriftConfig(max_new_tokens=self.cfg.drift_tokens, n_prompts=self.cfg.drift_prompts)
-            base_lm = self.base_lm or self.lm
-            if self._base_nll is None:
-                self._base_nll = base_reference_nll(base_lm, drift_cfg.prompts(), drift_cfg, self.base_view,
-                                                    self.should_stop)
-            result = evaluate_drift(self.lm, drift_cfg, stage="dose", base_view=self.base_view, base_lm=base_lm,
-                                    base_nll=self._base_nll, vector=self.vector, steer_cfg=steer_cfg,
-                                    should_stop=self.should_stop)
-            point.incoherence = dict(result.intervals[result.meta["headline"]])
+        if self.cfg.drift_prompts and point.incoherence is None:  # measured light before (calibration)
+            point.incoherence = self._decode_point(point.alpha, with_drift=True).incoherence
 
     def points(self) -> list[DosePoint]:
         return sorted(self._points.values(), key=lambda p: p.alpha)
