@@ -82,8 +82,8 @@ def overhead(lm, vector, prompts: list[str], reps: int) -> None:
             times.append(timed(one)[1])
         return min(times)
     t16, t32 = step_time(16), step_time(32)
-    print(f"   one step's cost at batch 32 / batch 16 (doubling the batch for base rows): {t32 / t16:.2f}; "
-          "the window-8 pass is the cheapest of the three measured here")
+    print(f"   one decoding step at batch 32 / at batch 16 (the base rows carried in the same forward): "
+          f"{t32 / t16:.2f} per step, and the prompts' prefill doubles as well")
 
 
 def curve(lm, vector, prompts, items) -> None:

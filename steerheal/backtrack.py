@@ -16,6 +16,7 @@ When nothing is replayed the steered rows decode exactly as `model.generate` doe
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -104,11 +105,14 @@ class _Row:
 def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_cfg: SteerConfig,
            alphas: Sequence[float], cfg: BacktrackConfig, choose: Chooser, max_new_tokens: int,
            min_new_tokens: int = 0, eos: Sequence[int] = (), pad: int = 0,
-           should_stop: Callable[[], bool] | None = None, on_step: StepFn | None = None) -> list[DecodedRow]:
+           should_stop: Callable[[], bool] | None = None, on_step: StepFn | None = None,
+           base_prefill_memo: dict | None = None) -> list[DecodedRow]:
     """Decode one batch of tokenised prompts (each row with its own alpha), steered, replaying
     windows whose mean KL to base passes `cfg.threshold`. `choose` picks the next tokens from
     float32 logits for the whole batch each step (rows that are not sampling discard theirs, so
-    the random stream stays that of `model.generate`). `on_step(tokens, backtracks)` sees every step."""
+    the random stream stays that of `model.generate`). `on_step(tokens, backtracks)` sees every step.
+    `base_prefill_memo` (a dict the caller keeps) remembers the unsteered model's pass over these
+    prompts, which does not depend on alpha: a dose curve decodes the same prompts at every alpha."""
     cfg = cfg.validate(max_new_tokens)
     steer_cfg = steer_cfg.validate()
     hook_cfg = SteerConfig(**{**steer_cfg.__dict__, "decay": 1.0})  # decay is applied per row here
@@ -147,7 +151,16 @@ def decode(lm: LoadedModel, prompt_rows: Sequence[Sequence[int]], vector, steer_
     with steer(lm, vector, hook_cfg, row_alphas=row_alphas), torch.inference_mode():
         positions = position_ids_for(mask)
         logits = steered_forward(ids, positions, [0] * n_rows)
-        base_lp = {prompt_width - 1: base_forward(ids, positions)[:, -1]}  # column -> base log-probs (B, V)
+        memo_key = tuple(tuple(r) for r in prompt_rows)
+        if base_prefill_memo is not None and memo_key in base_prefill_memo:
+            cached, first_lp = base_prefill_memo[memo_key]
+            base_cache = copy.deepcopy(cached)
+        else:
+            first_lp = base_forward(ids, positions)[:, -1]
+            if base_prefill_memo is not None:
+                base_prefill_memo.clear()  # one batch of prompts at a time: memory stays one prefill
+                base_prefill_memo[memo_key] = (copy.deepcopy(base_cache), first_lp)
+        base_lp = {prompt_width - 1: first_lp}  # column -> base log-probs (B, V)
         col = prompt_width  # the next cache column
         while busy():
             if should_stop is not None and should_stop():

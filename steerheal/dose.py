@@ -161,6 +161,7 @@ class DoseMeter:
         self.items = list(items or [])[: self.cfg.axis_items]
         self.should_stop = should_stop
         self._points: dict[float, DosePoint] = {}
+        self._base_prefill: dict = {}  # the unsteered pass over the prompts, the same at every alpha
         steer_cfg = SteerConfig(alpha=0.0, layers=self.cfg.layers).validate()
         from steerheal.config import LayerBand
 
@@ -229,7 +230,8 @@ class DoseMeter:
 
                 watch = BacktrackConfig(window=n_tokens, max_backtracks=0)  # score every token, replay none
                 decoded = decode(self.lm, [r for r, _ in batch], self.vector, steer_cfg, [alpha] * len(batch), watch,
-                                 choose, n_tokens, eos=eos, pad=tok.pad_token_id, should_stop=self.should_stop)
+                                 choose, n_tokens, eos=eos, pad=tok.pad_token_id, should_stop=self.should_stop,
+                                 base_prefill_memo=self._base_prefill)
                 for (_, kind), d in zip(batch, decoded):
                     if kind == "drift":
                         drift_rmse.append(float(aggregate(torch.tensor(d.token_kl), "rmse")))

@@ -4,6 +4,8 @@ and the Results page."""
 
 from __future__ import annotations
 
+import json
+
 from steerheal.store import Store
 from steerheal.verdicts import answer_questions
 
@@ -41,7 +43,11 @@ def run_summary(store: Store, run_id: int) -> dict:
     run = store.run(run_id)
     absorbed = [dict(round=r["round"], cos=r["cos"], coef=r["coef"], share_of_alpha=r["share_of_alpha"],
                      alpha=r["alpha"]) for r in store.rows("absorption", run_id)]
+    calibrated = [dict(round=c["round"], kind=c["kind"], target=c["target"], alpha=c["alpha"], measure=c["measure"],
+                       evaluations=c["evaluations"], reached=bool(c["reached"]), alphas=json.loads(c["alphas"]))
+                  for c in sorted(store.rows("calibrations", run_id), key=lambda c: c["round"])]
     return {"run_id": run_id, "status": outcome(run), "stop_reason": run.get("stop_reason"),
             "rounds_completed": sum(r["status"] == "completed" for r in store.rows("rounds", run_id)),
             "rounds_asked": run["config"].get("rounds"), "table": stage_table(store, run_id),
-            "absorption": absorbed, "questions": [a.to_dict() for a in answer_questions(store, run_id)]}
+            "absorption": absorbed, "calibrations": calibrated,
+            "questions": [a.to_dict() for a in answer_questions(store, run_id)]}

@@ -67,6 +67,11 @@ def cmd_summary(args) -> int:
         inc = f"{row['incoherence']:7.3f}" if row["incoherence"] is not None else f"{'-':>7}"
         coh = f"{row['tinymfv_coherence']:11.3f}" if row["tinymfv_coherence"] is not None else f"{'-':>11}"
         print(f"{row['round']:>5} {row['stage']:>9} {axis} {band:>18} {inc} {coh}")
+    for c in summary["calibrations"]:
+        what = "p95 per-token KL" if c["kind"] == "kl" else "kept share"
+        print(f"round {c['round']}: alpha calibrated to {c['alpha']:.4g} ({what} {c['measure']:.3g}, target "
+              f"{c['target']:g}, {c['evaluations']} evaluations{'' if c['reached'] else ', NOT reached'}); "
+              f"strengths {', '.join(f'{a:g}' for a in c['alphas'])}")
     print()
     for a in summary["questions"]:
         print(f"{a['question']}  ->  {a['verdict'].upper()}: {a['because']}")

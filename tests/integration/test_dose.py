@@ -67,6 +67,9 @@ def test_the_dose_curve_shows_kl_and_incoherence_rising_and_the_kept_share_falli
     assert mid.incoherence["value"] < high.incoherence["value"]
     assert high.kept_share < zero.kept_share
     assert all(p.axis["n"] == 4 and p.n_completions == 4 for p in points)
+    # Later alphas reuse the unsteered pass over the prompts: a fresh meter measures the same.
+    fresh = DoseMeter(lm, care_vector, generation_prompts(), meter.cfg, items=items).point(16.0)
+    assert (fresh.kl_p95, fresh.kept_share, fresh.incoherence) == (high.kl_p95, high.kept_share, high.incoherence)
 
 
 def test_calibration_reaches_a_kl_budget_within_tolerance_in_at_most_eight_evaluations(lm, care_vector):
@@ -139,4 +142,7 @@ def test_a_run_with_auto_alphas_calibrates_each_round_and_a_cancel_mid_calibrati
     assert alphas == [round(cal["alpha"] * k, 4) for k in (0.75, 1.0, 1.25)]
     completions = store.rows("completions", run_id, 0)
     assert sorted({c["alpha"] for c in completions}) == alphas
+    from steerheal.summary import run_summary
+
+    assert run_summary(store, run_id)["calibrations"][0]["alphas"] == alphas  # runs --json and summary say it
     assert all(isinstance(json.loads(c["scores"])["backtracks"], list) for c in completions)
