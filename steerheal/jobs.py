@@ -205,6 +205,8 @@ def _job_dose(store: Store, params: dict, ctx: JobContext, models: ModelCache) -
         result.update(points=[p.to_dict() for p in found.points], alpha=found.alpha, measure=found.measure,
                       evaluations=found.evaluations, reached=found.reached,
                       target=dict(kind=target.kind, value=target.value, sign=target.sign))
+    done = len(result["points"])
+    ctx.progress("done", done, done, points=result["points"])  # the bar ends full, whatever the budget left
     return result
 
 
