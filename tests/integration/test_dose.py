@@ -105,30 +105,33 @@ def test_dose_command_prints_the_curve_and_the_alpha_found_and_refuses_what_it_c
         assert "Traceback" not in out.stderr
 
 
-def test_a_run_with_auto_alphas_calibrates_each_round_and_a_cancel_mid_calibration_redoes_only_it(tmp_path):
+def test_a_run_with_auto_alphas_calibrates_each_round_and_a_kill_mid_calibration_redoes_only_it(tmp_path):
     """alphas = "auto": the round's strengths are the calibrated alpha times auto_spread, stored; a run
-    stopped during calibration resumes with the base stage and the vector as they were and
+    killed (SIGKILL) during calibration resumes with the base stage and the vector as they were and
     calibrates once. The completions are decoded with backtracking and keep their replay records."""
-    from steerheal.filters import FilterConfig
-    from steerheal.loop import run_loop, start_run
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from steerheal.faults import CRASH_ENV
+    from steerheal.loop import run_loop
     from steerheal.store import Store
-    from tests.conftest import tiny_run_config
+    from tests.conftest import KEEP_ALL_FILTERS_TOML, TINY_INSTRUMENTS_TOML, TINYMFV_DATA
 
-    store = Store(tmp_path / "runs.db")
-    cfg = tiny_run_config(alphas="auto", target_kl=1.0, dose_prompts=2, tinymfv="off", n_completions=4,
-                          max_new_tokens=8, backtrack=BacktrackConfig(threshold=1.0, window=4),
-                          filters=FilterConfig(max_tail_perplexity=1e9, max_repetition=1.0, reject_narration=False,
-                                               reject_refusal=False))
-    run_id = start_run(store, cfg)
-    asked = {"stop": False}
-
-    def progress(stage, info):
-        if stage == "calibrate" and info.get("step") == 1:  # Cancel after the first dose evaluation
-            asked["stop"] = True
-
-    with pytest.raises(InterruptedError):
-        run_loop(store, run_id, progress, should_stop=lambda: asked["stop"])
-    assert store.run(run_id)["status"] == "cancelled" and not store.rows("calibrations", run_id)
+    db = tmp_path / "runs.db"
+    (tmp_path / "run.toml").write_text('alphas = "auto"\ntarget_kl = 1.0\ndose_prompts = 2\ntinymfv = "off"\n'
+                                       "rounds = 1\nn_completions = 4\nmax_new_tokens = 8\nn_contexts = 2\n"
+                                       "probe_tokens = 2\n" + TINY_INSTRUMENTS_TOML + "[heal]\nepochs = 1\n"
+                                       "[backtrack]\nthreshold = 1.0\nwindow = 4\n" + KEEP_ALL_FILTERS_TOML)
+    args = ["run", "--db", str(db), "--config", str(tmp_path / "run.toml")] + (["--data", TINYMFV_DATA] if TINYMFV_DATA
+                                                                               else [])
+    killed = subprocess.run([sys.executable, "-m", "steerheal.cli", *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, CRASH_ENV: "round0:calibrating"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-1500:]  # after the first dose evaluation
+    store = Store(db)
+    run_id = store.runs()[0]["id"]
+    assert not store.rows("calibrations", run_id)
     before = {t: sorted(r["id"] for r in store.rows(t, run_id, -1)) for t in ("axis_evals", "drift_evals", "probes")}
     vector_sha = store.rows("artifacts", run_id, 0, kind="vector.safetensors")[0]["sha256"]
 

@@ -110,3 +110,21 @@ def test_dose_grids_and_settings_are_checked():
         DoseConfig(drift_prompts=1).validate()
     with pytest.raises(SteerhealError, match="n_prompts"):
         DoseConfig(n_prompts=0).validate()
+
+
+def test_the_run_command_refuses_bad_dose_settings_with_exit_2_and_stores_nothing(tmp_path):
+    from steerheal.store import Store
+    from tests.conftest import run_cli
+
+    db = tmp_path / "runs.db"
+    for flags, says in ((["--max-new-tokens", "8", "--backtrack-threshold", "1", "--backtrack-window", "16"],
+                         "longer than the generation"),
+                        (["--backtrack-threshold", "-1"], "above 0"),
+                        (["--alphas", "auto"], "needs one target"),
+                        (["--alphas", "auto", "--target-kl", "nan"], "not a finite number"),
+                        (["--alphas", "auto", "--target-kept", "2"], "between 0 and 1"),
+                        (["--alphas", "2,x"], "numbers separated by commas")):
+        out = run_cli("run", "--db", db, *flags)
+        assert out.returncode == 2 and says in out.stderr, (flags, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert not db.exists() or not Store(db).runs()
