@@ -95,6 +95,17 @@ class PreviewService:
             self._vectors = {path: vector}
         return self._vectors[path]
 
+    def _checked(self, vector_path: str | None, prompt: str, layers: str, max_new_tokens: int, seed: int):
+        """(vector, model, generation config) for a preview, or a SteerhealError saying what to change."""
+        from steerheal.config import GenerationConfig, LayerBand
+
+        if not prompt or not prompt.strip():
+            raise SteerhealError("The prompt is empty: type a message to answer.")
+        vector = self.vector(vector_path)
+        lm = self.model()
+        LayerBand(layers).resolve(lm.n_layers)
+        return vector, lm, GenerationConfig(max_new_tokens=max_new_tokens, seed=seed).validate()
+
     def stream_pair(self, vector_path: str | None, prompt: str, alpha: float, layers: str, max_new_tokens: int,
                     seed: int) -> Iterator[tuple[str, str]]:
         """Yield (base so far, steered so far), token by token: base and steered decode together,
@@ -106,15 +117,10 @@ class PreviewService:
 
         from steerheal.batching import encode_left_padded
         from steerheal.chat import chat_prompt
-        from steerheal.config import GenerationConfig, LayerBand, SteerConfig
+        from steerheal.config import SteerConfig
         from steerheal.steering import RowAlphas, steer
 
-        if not prompt or not prompt.strip():
-            raise SteerhealError("The prompt is empty: type a message to answer.")
-        vector = self.vector(vector_path)
-        lm = self.model()
-        LayerBand(layers).resolve(lm.n_layers)
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed).validate()
+        vector, lm, gen = self._checked(vector_path, prompt, layers, max_new_tokens, seed)
         steer_cfg = SteerConfig(alpha=alpha, layers=layers).validate()
         tok = lm.tokenizer
         text = chat_prompt(tok, prompt, gen.system_prompt)
@@ -185,15 +191,10 @@ class PreviewService:
 
         from steerheal.backtrack import decode
         from steerheal.chat import chat_prompt
-        from steerheal.config import GenerationConfig, LayerBand, SteerConfig
+        from steerheal.config import SteerConfig
         from steerheal.generate import eos_token_ids
 
-        if not prompt or not prompt.strip():
-            raise SteerhealError("The prompt is empty: type a message to answer.")
-        vector = self.vector(vector_path)
-        lm = self.model()
-        LayerBand(layers).resolve(lm.n_layers)
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, seed=seed).validate()
+        vector, lm, gen = self._checked(vector_path, prompt, layers, max_new_tokens, seed)
         backtrack = backtrack.validate(max_new_tokens)
         tok = lm.tokenizer
         row = tok(chat_prompt(tok, prompt, gen.system_prompt), add_special_tokens=False).input_ids

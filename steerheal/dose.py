@@ -314,20 +314,30 @@ def calibrate(meter: DoseMeter, target: DoseTarget, grid: Sequence[float] | None
             on_point(meter.points())
         return value
 
-    weak = (0.0, 0.0 if kind == "kl" else None)  # alpha 0 adds nothing: no KL; its kept share unknown
-    strong = None
+    weak: tuple[float, float | None] = (0.0, 0.0 if kind == "kl" else None)  # alpha 0 adds nothing
+    strong: tuple[float, float] | None = None
+
+    def judge(alpha: float, on_grid: bool = False) -> tuple[float, bool]:
+        """Measure at alpha; narrow the bracket; say whether the target is reached there."""
+        nonlocal weak, strong
+        m = measure(alpha, on_grid)
+        if target.reached(m):
+            return m, True
+        if target.too_weak(m):
+            weak = (alpha, m)
+        else:
+            strong = (alpha, m)
+        return m, False
+
     if grid is not None:
         side = sorted((a for a in check_grid(grid) if a * target.sign > 0), key=abs)
         if not side:
             raise SteerhealError(f"The grid has no alphas of sign {target.sign:+d}: add some to calibrate.")
         for a in side:
-            m = measure(a, on_grid=True)
-            if target.reached(m):
+            m, hit = judge(a, on_grid=True)
+            if hit:
                 return _done(meter, target, a, m, first, True)
-            if target.too_weak(m):
-                weak = (a, m)
-            else:
-                strong = (a, m)
+            if strong is not None:
                 break
         if strong is None:
             closest = min(side, key=lambda a: abs(meter.point(a, full=False).measure(kind) - target.value))
@@ -337,26 +347,20 @@ def calibrate(meter: DoseMeter, target: DoseTarget, grid: Sequence[float] | None
     else:
         a = target.sign * target.start
         while True:
-            m = measure(a)
-            if target.reached(m):
+            m, hit = judge(a)
+            if hit:
                 return _done(meter, target, a, m, first, True)
-            if not target.too_weak(m):
-                strong = (a, m)
+            if strong is not None:
                 break
-            weak = (a, m)
             if abs(a) * 2 > target.max_alpha or meter.evaluations - first >= target.max_evaluations:
                 raise SteerhealError(f"No alpha up to {abs(a):g} reaches {target.label}: the closest is alpha "
                                      f"{a:g} with {m:.3g}.")
             a *= 2
     while meter.evaluations - first < target.max_evaluations:
         a = _next_alpha(weak, strong, target)
-        m = measure(a)
-        if target.reached(m):
+        m, hit = judge(a)
+        if hit:
             return _done(meter, target, a, m, first, True)
-        if target.too_weak(m):
-            weak = (a, m)
-        else:
-            strong = (a, m)
     best = min((p for p in meter.points() if p.alpha * target.sign > 0),
                key=lambda p: abs(p.measure(kind) - target.value))
     return _done(meter, target, best.alpha, best.measure(kind), first, False)

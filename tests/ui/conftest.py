@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,18 +57,27 @@ def stop_app(proc: subprocess.Popen) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app")
+@contextmanager
+def served(db: Path, workers: int = 1):
+    """The app on a free local port over this store (with `workers` workers), stopped afterwards;
+    the end of its log is printed, so a failing test shows it."""
+    log = db.parent / "app.log"
     port = free_port()
-    proc = start_app(tmp / "runs.db", port, log=tmp / "app.log")
+    proc = start_app(db, port, workers=workers, log=log)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url, proc)
-        yield url, tmp
+        yield url
     finally:
         stop_app(proc)
-        print((tmp / "app.log").read_text()[-5000:])
+        print(log.read_text()[-5000:])
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    with served(tmp / "runs.db") as url:
+        yield url, tmp
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from steerheal.store import Store
-from tests.ui.conftest import free_port, open_lab, set_number, start_app, stop_app, tab, wait_http
+from tests.ui.conftest import open_lab, served, set_number, tab
 from tests.ui.test_lab_refresh import seed_vector
 
 pytestmark = [pytest.mark.integration, pytest.mark.ui]
@@ -19,15 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.ui]
 def lab_with_a_vector(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dose")
     seed_vector(Store(tmp / "runs.db"))
-    port = free_port()
-    proc = start_app(tmp / "runs.db", port, workers=1, log=tmp / "app.log")
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, proc)
+    with served(tmp / "runs.db") as url:
         yield url, tmp
-    finally:
-        stop_app(proc)
-        print((tmp / "app.log").read_text()[-3000:])
 
 
 def fill(page, elem_id: str, text: str) -> None:
