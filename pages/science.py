@@ -24,6 +24,21 @@ def stop_note(run: dict) -> str:
             f"</b> {html.escape(run['stop_reason'])}</div>")
 
 
+def calibration_note(calibrations: list[dict]) -> str:
+    """'' or the strengths each round calibrated (alphas = "auto"): alpha, the measure at it, the
+    target and the evaluations it took."""
+    if not calibrations:
+        return ""
+    lines = []
+    for c in calibrations:
+        what = "p95 per-token KL" if c["kind"] == "kl" else "kept share"
+        lines.append(f"round {c['round']}: α {c['alpha']:.3g} ({what} {c['measure']:.3g}, target {c['target']:g}, "
+                     f"{c['evaluations']} evaluations{'' if c['reached'] else ', not reached'}) → strengths "
+                     + ", ".join(f"{a:g}" for a in c["alphas"]))
+    return "<div class='sh-muted' data-calibrations='{}'><b>Calibrated strengths:</b> {}</div>".format(
+        len(calibrations), html.escape("; ".join(lines)))
+
+
 def questions_html(store: Store, run_ids: list[int]) -> str:
     """Per picked run: each question, its verdict, the figures with intervals, the rule on hover."""
     parts = []
@@ -40,7 +55,8 @@ def questions_html(store: Store, run_ids: list[int]) -> str:
                      f"<b>Run {run_id}</b> ({html.escape(summary['status'])}, {summary['rounds_completed']} of "
                      f"{summary['rounds_asked']} rounds)<table style='border-collapse:collapse;width:100%'><tr>"
                      f"<th {_CELL}>question</th><th {_CELL}>verdict</th><th {_CELL}>figures (95% bootstrap "
-                     f"intervals; the rule on hover)</th></tr>{rows}</table></div>")
+                     f"intervals; the rule on hover)</th></tr>{rows}</table>"
+                     f"{calibration_note(summary['calibrations'])}</div>")
     return "".join(parts)
 
 

@@ -60,3 +60,15 @@ def test_replayed_spans_are_outlined_and_each_replay_is_listed():
     assert out.count("class='sh-replayed'") == 2 and "data-replays='1'" in out
     assert "tokens 2–3: window KL 1.70 nats, 3 tokens undone, replayed at α 2" in out
     assert "nothing was replayed" in replayed_html(pieces, kl, [], alpha=4.0, window=2)
+
+
+def test_results_say_which_strengths_each_round_calibrated():
+    from pages.science import calibration_note
+
+    assert calibration_note([]) == ""
+    note = calibration_note([dict(round=0, kind="kl", target=1.0, alpha=1.7234, measure=0.93, evaluations=3,
+                                  reached=True, alphas=[1.2925, 1.7234, 2.1542]),
+                             dict(round=1, kind="kl", target=1.0, alpha=2.0, measure=1.3, evaluations=8,
+                                  reached=False, alphas=[1.5, 2.0, 2.5])])
+    assert "data-calibrations='2'" in note and "round 0: α 1.72 (p95 per-token KL 0.93, target 1, 3 evaluations)" in note
+    assert "round 1: α 2 (p95 per-token KL 1.3, target 1, 8 evaluations, not reached) → strengths 1.5, 2, 2.5" in note
