@@ -17,8 +17,8 @@ TARGETS = {"none": None, "KL budget (p95 per-token KL, nats)": "kl", "kept share
 BUSY = ("queued", "running")
 
 
-def dose_params(vector_path, alphas_text, target_label, target_value, n_prompts, n_tokens, band, pos, neg,
-                items_path, model: str, load_in_4bit: bool) -> dict:
+def dose_params(vector_path, alphas_text, target_label, target_value, n_prompts, n_tokens, axis_items,
+                drift_prompts, band, pos, neg, items_path, model: str, load_in_4bit: bool) -> dict:
     """The dose job's params from the form, checked (a SteerhealError says what to change)."""
     if not vector_path:
         raise SteerhealError("No steering vector yet: extract one on the Personas page first.")
@@ -32,7 +32,16 @@ def dose_params(vector_path, alphas_text, target_label, target_value, n_prompts,
         DoseTarget(**target).validate()
     return dict(model=model, load_in_4bit=load_in_4bit, vector=vector_path, layers=band, alphas=grid, target=target,
                 n_prompts=as_int(n_prompts, "Prompts", 1, 256), max_new_tokens=as_int(n_tokens, "Tokens", 2, 512),
+                axis_items=as_int(axis_items, "Axis items", 0, 512),
+                drift_prompts=_drift_count(drift_prompts),
                 pair=preset_for(pos, neg, persona_presets()), items=items_path or None)
+
+
+def _drift_count(value) -> int:
+    n = as_int(value, "Incoherence prompts", 0, 40)
+    if n == 1:
+        raise SteerhealError("Incoherence prompts: 0 (off) or at least 2 (an interval needs two).")
+    return n
 
 
 def found_html(job: dict | None) -> str:
@@ -60,6 +69,8 @@ def build_dose(lab: Lab, timer: gr.Timer, personas: dict, layers: gr.Textbox, al
                                  info="nats (KL) or 0-1 (kept)")
         n_prompts = gr.Number(16, label="Prompts", precision=0, elem_id="dose-prompts", scale=1)
         n_tokens = gr.Number(32, label="Tokens", precision=0, elem_id="dose-tokens", scale=1)
+        axis_items = gr.Number(16, label="Axis items (dev)", precision=0, elem_id="dose-axis-items", scale=1)
+        drift_prompts = gr.Number(8, label="Incoherence prompts", precision=0, elem_id="dose-drift-prompts", scale=1)
     with gr.Row():
         go = gr.Button("Measure the dose curve", variant="primary", elem_id="dose-btn", scale=0, min_width=220)
         cancel = gr.Button("Cancel", elem_id="dose-cancel", scale=0, min_width=100, interactive=False)
@@ -102,8 +113,9 @@ def build_dose(lab: Lab, timer: gr.Timer, personas: dict, layers: gr.Textbox, al
 
     outputs = [status, chart, drawn, found, go, cancel, use]
     go.click(lambda: gr.update(interactive=False), None, go, queue=False).then(
-        submit, [personas["vector_path"], alphas, target, target_value, n_prompts, n_tokens, layers, personas["pos"],
-                 personas["neg"], personas["items"]], [job_id, error, go]).then(poll, [job_id, drawn], outputs)
+        submit, [personas["vector_path"], alphas, target, target_value, n_prompts, n_tokens, axis_items, drift_prompts,
+                 layers, personas["pos"], personas["neg"], personas["items"]], [job_id, error, go]).then(
+        poll, [job_id, drawn], outputs)
     timer.tick(poll, [job_id, drawn], outputs, show_progress="hidden")
 
     def do_cancel(jid):
@@ -123,5 +135,5 @@ def build_dose(lab: Lab, timer: gr.Timer, personas: dict, layers: gr.Textbox, al
         return round(float(result["alpha"]) * 4) / 4  # the slider's step is 0.25
 
     use.click(use_alpha, job_id, alpha)
-    for box in (alphas, target, target_value, n_prompts, n_tokens):
+    for box in (alphas, target, target_value, n_prompts, n_tokens, axis_items, drift_prompts):
         box.change(lambda: "", None, error, queue=False, show_progress="hidden")

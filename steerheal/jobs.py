@@ -12,7 +12,8 @@ Job kinds and their params:
                                                       -> {batch_id, n}  (completions stored as batch run)
     loop      {run_id}                                -> {status}
     export    {run_id, round, out, merged}            -> the export manifest
-    dose      {model, vector, layers, alphas, target, n_prompts, max_new_tokens, pair, items}
+    dose      {model, vector, layers, alphas, target, n_prompts, max_new_tokens, axis_items,
+               drift_prompts, pair, items}
                                                       -> {points, and with a target: alpha, measure,
                                                           evaluations, reached}; the points so far are
                                                           in the job's progress while it runs
@@ -181,7 +182,9 @@ def _job_dose(store: Store, params: dict, ctx: JobContext, models: ModelCache) -
     grid = check_grid(params["alphas"])
     target = DoseTarget(**params["target"]).validate() if params.get("target") else None
     cfg = DoseConfig(layers=params.get("layers", "0.45-0.55"), n_prompts=int(params.get("n_prompts", 16)),
-                     max_new_tokens=int(params.get("max_new_tokens", 32))).validate()
+                     max_new_tokens=int(params.get("max_new_tokens", 32)),
+                     axis_items=int(params.get("axis_items", 16)),
+                     drift_prompts=int(params.get("drift_prompts", 8))).validate()
     pair = params.get("pair")
     items = load_items(params["items"]) if params.get("items") else (
         bundled_items(pair) if pair and has_bundled_items(pair) else [])

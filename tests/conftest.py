@@ -28,14 +28,14 @@ TINYMFV_DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(_SHARED_TINYMFV) 
 
 # The test files that take longest (seconds on one thread, make test's workers), started first
 # so that two workers finish together (make test passes --no-loadscope-reorder, which keeps this order).
-SLOW_FIRST = ("test_long_run.py",  # ~140 s on one worker (measured with --durations, this machine)
-              "test_tinymfv_eval.py",  # ~190: the full 132-row reference eval
+SLOW_FIRST = ("test_tinymfv_eval.py",  # ~190 s on one worker: the full 132-row reference eval
               "test_resume_and_export.py",  # ~150: the crash sequence
+              "test_long_run.py",  # ~100
               "test_heal_bake.py",  # ~110
-              "test_lab_browser.py",  # ~100: a new user's walk, a real one-round run
-              "test_dose.py", "test_vectors_and_steering.py", "test_lab_refresh.py",  # ~80-110 each
-              "test_dose_page.py", "test_storage_errors.py", "test_axis_and_drift.py", "test_worker.py",
-              "test_loop.py", "test_cli_smoke.py")  # ~50-80 each
+              "test_dose.py", "test_vectors_and_steering.py", "test_storage_errors.py", "test_axis_and_drift.py",
+              "test_worker.py", "test_loop.py", "test_cli_smoke.py",  # ~50-100 each
+              # the browser part (its own two workers)
+              "test_lab_browser.py", "test_dose_page.py", "test_lab_refresh.py")
 
 
 def pytest_collection_modifyitems(items):

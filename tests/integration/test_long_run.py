@@ -1,6 +1,6 @@
-"""A 12-round run on the bundled model with tiny settings: memory stays flat and the DB grows
+"""An 8-round run on the bundled model with tiny settings: memory stays flat and the DB grows
 by a steady amount per round (what a researcher leaving a loop overnight relies on). Memory is
-compared from round 2 (after the first adapters and caches exist) to the last: ten rounds in
+compared from round 2 (after the first adapters and caches exist) to the last: six rounds in
 which nothing may grow; `python bench/long_run.py --rounds 20` prints the longer figures.
 
 The run anchors to the previous round (`ref = prev`), which folds each finished round into the
@@ -20,12 +20,12 @@ from steerheal.store import Store
 from tests.conftest import TINY_INSTRUMENTS, TINYMFV_DATA
 
 pytestmark = pytest.mark.integration
-ROUNDS = 12
+ROUNDS = 8
 # every completion is kept, so each round trains (the filters are not what this measures)
 KEEP_ALL = FilterConfig(max_tail_perplexity=1e9, max_repetition=1.0, reject_narration=False, reject_refusal=False)
 
 
-def test_twelve_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
+def test_eight_rounds_keep_memory_flat_and_the_db_linear(tmp_path):
     store = Store(tmp_path / "runs.db")
     # The smallest settings that still allocate what a round allocates (a vector, completions, a
     # heal with its train logs, a saved adapter, probe answers); the tinymfv evals, which store

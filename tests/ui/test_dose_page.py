@@ -56,6 +56,8 @@ def test_replays_are_outlined_and_the_dose_curve_is_drawn_as_it_runs_and_calibra
     set_number(page, "dose-target-value", 0.5)
     set_number(page, "dose-prompts", 2)
     set_number(page, "dose-tokens", 8)
+    set_number(page, "dose-axis-items", 4)
+    set_number(page, "dose-drift-prompts", 2)
     page.locator("#dose-btn").click()
     status, chart = page.locator("#dose-status"), page.locator("#dose-chart")
     expect(status.locator("[data-status='running']")).to_be_visible(timeout=60_000)

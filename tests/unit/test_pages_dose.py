@@ -15,7 +15,8 @@ CARE = persona_presets()["care-over-authority"]
 
 def _params(**over):
     values = dict(vector_path="/tmp/v.safetensors", alphas_text="0, 2, 4", target_label="none", target_value=1.0,
-                  n_prompts=16, n_tokens=32, band="0.45-0.55", pos=CARE["pos"], neg=CARE["neg"], items_path=None)
+                  n_prompts=16, n_tokens=32, axis_items=16, drift_prompts=8, band="0.45-0.55", pos=CARE["pos"],
+                  neg=CARE["neg"], items_path=None)
     values.update(over)
     return dose_params(*values.values(), model="bundled", load_in_4bit=False)
 
@@ -28,7 +29,7 @@ def test_the_dose_form_builds_a_job_for_the_pair_in_use_and_refuses_bad_input():
     for over, says in ((dict(vector_path=None), "Personas page"), (dict(alphas_text="1, x"), "strength"),
                        (dict(target_label="kept share", target_value=1.5), "between 0 and 1"),
                        (dict(target_label="KL budget (p95 per-token KL, nats)", target_value=-1), "above 0 nats"),
-                       (dict(n_prompts=0), "Prompts")):
+                       (dict(n_prompts=0), "Prompts"), (dict(drift_prompts=1), "0 \\(off\\) or at least 2")):
         with pytest.raises((SteerhealError, Exception), match=says):
             _params(**over)
 
