@@ -58,18 +58,16 @@ run: setup
 
 test: export STEERHEAL_REQUIRE_BROWSER := 1
 test: export STEERHEAL_REQUIRE_DOCKER_CHECKS := 1
-# The whole suite in three parts: the model tests on two pytest workers (one test file per worker
-# at a time, so module fixtures are built once; slowest files first, in the order tests/conftest.py
-# gives); the browser tests on two workers (apart from the model tests, whose load slowed them
-# 2-3x beside them); then the one test that times page loads, alone. Prints the slowest tests of
-# each part and the total time.
+# The whole suite: first everything but the browser tests on two pytest workers (one test file
+# per worker at a time, so module fixtures are built once; slowest files first, in the order
+# tests/conftest.py gives), then the browser tests alone: beside the model tests (or each other)
+# they ran 2-3x slower, and two of them time page loads. Prints the slowest tests of each part and
+# the total time.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: setup browser docker-checks
 	@start=$$(date +%s); status=0; \
 	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 -m "not ui" tests || status=$$?; \
-	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=10 -m "ui and not timing" tests \
-	  || status=$$?; \
-	$(PYTEST) --durations=3 -m timing tests || status=$$?; \
+	$(PYTEST) --durations=10 -m ui tests || status=$$?; \
 	echo "make test: whole suite in $$(( $$(date +%s) - start )) s (exit $$status)"; exit $$status
 
 # The inner loop (under 3 minutes): unit tests plus one smoke pass over every CLI command.

@@ -33,9 +33,7 @@ SLOW_FIRST = ("test_tinymfv_eval.py",  # ~190 s on one worker: the full 132-row 
               "test_long_run.py",  # ~100
               "test_heal_bake.py",  # ~110
               "test_dose.py", "test_vectors_and_steering.py", "test_storage_errors.py", "test_axis_and_drift.py",
-              "test_worker.py", "test_loop.py", "test_cli_smoke.py",  # ~50-100 each
-              # the browser part (its own two workers)
-              "test_lab_browser.py", "test_dose_page.py", "test_lab_refresh.py")
+              "test_worker.py", "test_loop.py", "test_cli_smoke.py")  # ~50-100 each
 
 
 def pytest_collection_modifyitems(items):

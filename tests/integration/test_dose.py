@@ -56,8 +56,8 @@ def test_windows_over_the_threshold_are_replayed_at_a_lower_strength_and_kl_fall
 
 def test_the_dose_curve_shows_kl_and_incoherence_rising_and_the_kept_share_falling(lm, care_vector):
     items = select(bundled_items("care-over-authority"), "dev")
-    meter = DoseMeter(lm, care_vector, generation_prompts(), DoseConfig(n_prompts=4, max_new_tokens=16, axis_items=4,
-                                                                        drift_prompts=2, drift_tokens=16), items=items)
+    meter = DoseMeter(lm, care_vector, generation_prompts(), DoseConfig(n_prompts=4, max_new_tokens=8, axis_items=4,
+                                                                        drift_prompts=2, drift_tokens=8), items=items)
     seen = []
     points = dose_curve(meter, [16.0, 0.0, 4.0], on_point=lambda pts: seen.append(len(pts)))
     assert seen == [1, 2, 3] and [p.alpha for p in points] == [0.0, 4.0, 16.0]

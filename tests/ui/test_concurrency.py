@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import TINY_INSTRUMENT_FLAGS
 from tests.ui.conftest import SCREENSHOTS, free_port, start_app, stop_app, wait_http
 
-pytestmark = [pytest.mark.integration, pytest.mark.ui, pytest.mark.timing]
+pytestmark = [pytest.mark.integration, pytest.mark.ui]
 LONG = 600_000
 CLI_RUN = ["--rounds", "1", "--n-completions", "4", "--max-new-tokens", "12", "--epochs", "1", "--eval-limit", "2",
            "--think-tokens", "1", "--n-contexts", "4", "--probe-tokens", "4", "--tinymfv", "subset",

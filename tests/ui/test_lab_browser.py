@@ -94,10 +94,10 @@ def test_a_new_user_goes_from_personas_to_results(app_url, browser, shot):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / "page-load-during-job.txt").write_text(
         f"served (DOMContentLoaded) {served:.3f} s; rendered (first page usable) {rendered:.3f} s\n")
-    # Recorded, not asserted: this walk runs beside the other tests (make test's two workers), so
-    # its timings include their load; the promise (issue 7, a page served within 1 s while jobs
-    # run) is asserted by tests/ui/test_concurrency.py, which make test runs alone.
-    assert rendered < 60.0, f"the page took {rendered:.2f} s to become usable while a job ran"
+    # Target 1 s (issue 7); measured 0.1-0.9 s here with the test itself loading the machine.
+    assert served < 2.0, f"the app took {served:.2f} s to serve a page while a job ran"
+    # Rendering is the browser's work (Gradio's JavaScript): 2-3 s on 2 slow cores even when idle.
+    assert rendered < 10.0, f"the page took {rendered:.2f} s to become usable while a job ran"
     page.locator("#run-state[data-status='completed']").wait_for(timeout=LONG)
     expect(start_btn).to_be_enabled(timeout=10_000)
     expect(start_line).not_to_contain_text("queued", timeout=10_000)
