@@ -94,6 +94,17 @@ def browser():
         b.close()
 
 
+@pytest.fixture(autouse=True)
+def close_pages_after_each_test(request):
+    """A test's pages close when it ends: an open lab page polls the app twice a second, and pages
+    left open by earlier tests of a module slowed the next test's preview (its Stop note came late)."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in request.getfixturevalue("browser").contexts:
+            for page in list(context.pages):
+                page.close()
+
+
 @pytest.fixture
 def shot():
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

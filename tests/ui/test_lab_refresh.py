@@ -279,7 +279,7 @@ def test_steer_and_personas_keep_refusals_beside_their_controls_and_stop_says_so
     expect(page.locator("#steered-out textarea")).not_to_have_value("", timeout=30_000)
     assert page.locator("#base-out textarea").input_value()  # both stream at once
     page.locator("#preview-stop").click()
-    expect(page.locator("#preview-state")).to_have_attribute("data-state", "stopped", timeout=10_000)
+    expect(page.locator("#preview-state")).to_have_attribute("data-state", "stopped", timeout=30_000)
     expect(page.locator("#preview-state")).to_contain_text("Stopped")
     assert len(set(one_font(page, "#tab-steer h3"))) == 1  # "A batch for curation": one font throughout
     shot(page, "3-steer-stopped")
