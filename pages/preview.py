@@ -112,12 +112,12 @@ class PreviewService:
         as one batch of two rows (alpha 0 and alpha) with shared random numbers. Closing the
         iterator stops the generation."""
         import torch
-        from transformers import (LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper,
-                                  TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from steerheal.batching import encode_left_padded
         from steerheal.chat import chat_prompt
         from steerheal.config import SteerConfig
+        from steerheal.generate import warpers
         from steerheal.steering import RowAlphas, steer
 
         vector, lm, gen = self._checked(vector_path, prompt, layers, max_new_tokens, seed)
@@ -127,11 +127,7 @@ class PreviewService:
         batch = encode_left_padded(tok, [text, text], lm.device)
         processors = LogitsProcessorList()
         if not gen.greedy:
-            processors.append(TemperatureLogitsWarper(gen.temperature))
-            if gen.top_k:
-                processors.append(TopKLogitsWarper(gen.top_k))
-            if gen.top_p < 1:
-                processors.append(TopPLogitsWarper(gen.top_p))
+            processors = warpers(gen)
             processors.append(_shared_noise(seed))
         stop = threading.Event()
         streamer = _PairStreamer()
@@ -187,19 +183,17 @@ class PreviewService:
         text can shrink while that happens). Yields (base, steered, None) per step, then
         (base, steered, the steered row's DecodedRow: per-token KL and the replays)."""
         import torch
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
         from steerheal.backtrack import decode
         from steerheal.chat import chat_prompt
         from steerheal.config import SteerConfig
-        from steerheal.generate import eos_token_ids
+        from steerheal.generate import eos_token_ids, warpers
 
         vector, lm, gen = self._checked(vector_path, prompt, layers, max_new_tokens, seed)
         backtrack = backtrack.validate(max_new_tokens)
         tok = lm.tokenizer
         row = tok(chat_prompt(tok, prompt, gen.system_prompt), add_special_tokens=False).input_ids
-        processors = LogitsProcessorList([TemperatureLogitsWarper(gen.temperature), TopKLogitsWarper(gen.top_k),
-                                          TopPLogitsWarper(gen.top_p), _shared_noise(seed)])
+        processors = warpers(gen)
+        processors.append(_shared_noise(seed))
         steps: queue.Queue = queue.Queue()
         stop = threading.Event()
 

@@ -270,6 +270,21 @@ class DoseMeter:
         return sorted(self._points.values(), key=lambda p: p.alpha)
 
 
+def dev_items(pair: str | None, items_path: str | None = None) -> list:
+    """The axis items a dose point scores: an items file, else the preset pair's bundled items
+    (none for a custom pair without a file), their dev split when they have one (runs report the
+    held-out eval split, so the dose is never tuned on it)."""
+    from steerheal.evals.axis import bundled_items, has_bundled_items, load_items, select
+
+    if items_path:
+        items = load_items(items_path)
+    elif pair and has_bundled_items(pair):
+        items = bundled_items(pair)
+    else:
+        return []
+    return select(items, "dev") if any(i.split == "dev" for i in items) else items
+
+
 def dose_curve(meter: DoseMeter, alphas: Sequence[float] = DEFAULT_GRID, on_point: PointFn | None = None
                ) -> list[DosePoint]:
     """Every alpha of the grid, fully measured, in order; `on_point` sees the curve so far."""

@@ -60,8 +60,7 @@ def _steering(lm: LoadedModel, vector: SteeringVector | None, steer_cfg: SteerCo
 
 
 def _strip(ids: list[int], lm: LoadedModel) -> tuple[list[int], bool]:
-    eos = lm.tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    eos_ids = set(eos_token_ids(lm))
     for i, t in enumerate(ids):
         if t in eos_ids:
             return ids[:i], True
@@ -79,21 +78,27 @@ class _StopWhenAsked(StoppingCriteria):
         return torch.full((input_ids.shape[0],), bool(self.should_stop()), dtype=torch.bool, device=input_ids.device)
 
 
+def warpers(cfg: GenerationConfig):
+    """The logits warpers `model.generate` applies when sampling with these settings, in its order."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out = LogitsProcessorList()
+    if cfg.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        out.append(TopKLogitsWarper(top_k=cfg.top_k))
+    if cfg.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=cfg.top_p))
+    return out
+
+
 def sampler(cfg: GenerationConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """The token choice `model.generate` makes for these settings (same warpers in the same
     order, one multinomial draw per step), for decoding loops of our own."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
     if cfg.greedy:
         return lambda scores: scores.argmax(-1)
-    warpers = LogitsProcessorList()
-    if cfg.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(cfg.temperature))
-    if cfg.top_k:
-        warpers.append(TopKLogitsWarper(top_k=cfg.top_k))
-    if cfg.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=cfg.top_p))
-    return lambda scores: torch.multinomial(torch.softmax(warpers(None, scores), dim=-1), num_samples=1).squeeze(1)
+    warp = warpers(cfg)
+    return lambda scores: torch.multinomial(torch.softmax(warp(None, scores), dim=-1), num_samples=1).squeeze(1)
 
 
 def eos_token_ids(lm: LoadedModel) -> list[int]:

@@ -174,8 +174,7 @@ def _job_export(store: Store, params: dict, ctx: JobContext, models: ModelCache)
 
 
 def _job_dose(store: Store, params: dict, ctx: JobContext, models: ModelCache) -> dict:
-    from steerheal.dose import DoseConfig, DoseMeter, DoseTarget, calibrate, check_grid, dose_curve
-    from steerheal.evals.axis import bundled_items, has_bundled_items, load_items, select
+    from steerheal.dose import DoseConfig, DoseMeter, DoseTarget, calibrate, check_grid, dev_items, dose_curve
     from steerheal.presets import generation_prompts
     from steerheal.vectors import SteeringVector
 
@@ -186,9 +185,7 @@ def _job_dose(store: Store, params: dict, ctx: JobContext, models: ModelCache) -
                      axis_items=int(params.get("axis_items", 16)),
                      drift_prompts=int(params.get("drift_prompts", 8))).validate()
     pair = params.get("pair")
-    items = load_items(params["items"]) if params.get("items") else (
-        bundled_items(pair) if pair and has_bundled_items(pair) else [])
-    items = select(items, "dev") if any(i.split == "dev" for i in items) else items
+    items = dev_items(pair, params.get("items"))
     vector = SteeringVector.load(params["vector"])
     ctx.progress("loading model")
     lm = models.get(params.get("model", "bundled"), params.get("load_in_4bit", False))

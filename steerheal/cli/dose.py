@@ -34,23 +34,10 @@ def target_from_args(args):
                       max_evaluations=args.max_evaluations).validate()
 
 
-def dose_items(args):
-    """The axis items a dose point scores: the dev split (runs report the eval split)."""
-    from steerheal.evals.axis import bundled_items, has_bundled_items, load_items, select
-
-    if args.items:
-        items = load_items(args.items)
-    elif args.pos is None and args.neg is None and has_bundled_items(args.pair):
-        items = bundled_items(args.pair)
-    else:
-        return []
-    return select(items, "dev") if any(i.split == "dev" for i in items) else items
-
-
 @command("dose")
 def cmd_dose(args) -> int:
     from steerheal.config import LayerBand
-    from steerheal.dose import DoseConfig, DoseMeter, calibrate, dose_curve
+    from steerheal.dose import DoseConfig, DoseMeter, calibrate, dev_items, dose_curve
     from steerheal.presets import generation_prompts
     from steerheal.progress import tqdm_progress
     from steerheal.vectors import SteeringVector
@@ -63,7 +50,7 @@ def cmd_dose(args) -> int:
     if args.vector is not None and not args.vector.is_file():
         raise SteerhealError(f"Vector file {str(args.vector)!r} does not exist.")
     pair, contexts = pair_and_contexts(args)
-    items = dose_items(args)
+    items = dev_items(args.pair if args.pos is None and args.neg is None else None, args.items)
     lm = load_from_args(args)
     vector = SteeringVector.load(args.vector) if args.vector else extract_with_progress(lm, pair, contexts)
     prompts = generation_prompts(args.pair if pair.name != "custom" else None)
