@@ -139,8 +139,17 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
     # land after the person's edit).
     gr.on([pos.change, neg.change, contexts.change], check, [pos, neg, contexts], [warnings, preset, info],
           show_progress="hidden", trigger_mode="always_last")
-    gr.on([pos.change, neg.change, contexts.change], lambda: "", None, extract_error, queue=False,
-          show_progress="hidden")
+    # A refusal goes once the text differs from what was refused, not on every change event: the
+    # page load's restore also changes the boxes, and its late events wiped a fresh refusal.
+    refused = gr.State(None)  # [pos, neg, contexts] of the refused Extract
+
+    def clear_refusal(pos_text, neg_text, ctx_text, refused_texts):
+        if refused_texts is not None and [pos_text, neg_text, ctx_text] == refused_texts:
+            return gr.skip()
+        return ""
+
+    gr.on([pos.change, neg.change, contexts.change], clear_refusal, [pos, neg, contexts, refused], extract_error,
+          queue=False, show_progress="hidden")
     gr.on([pos.change, neg.change, items_file.change], check_items, [pos, neg, items_file], [items_md, items_path],
           show_progress="hidden", trigger_mode="always_last")
 
@@ -160,11 +169,11 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
         """Queue the extraction, or say beside the button why not (until the pair or pool changes);
         never raises, so no bare red "Error" badges are left behind."""
         try:
-            return queue_extraction(pos_text, neg_text, ctx_text)
+            return *queue_extraction(pos_text, neg_text, ctx_text), None
         except gr.Error as err:
             message = getattr(err, "message", None) or str(err)
             gr.Warning(message)
-            return gr.skip(), gr.skip(), error_html("Not extracted", message)
+            return gr.skip(), gr.skip(), error_html("Not extracted", message), [pos_text, neg_text, ctx_text]
 
     def in_use(res: dict, md: str) -> str:
         md += "".join(f"<div class='sh-warn'><b>Warning:</b> {w}</div>" for w in norm_warnings(res))
@@ -207,7 +216,7 @@ def build(lab: Lab, timer: gr.Timer) -> dict:
     outputs = [chart, status, vector_path, extract, vector_job]
     gr.on(None, restore, None, [preset, info, pos, neg, contexts, *outputs], show_progress="hidden")
     extract.click(lambda: gr.update(interactive=False), None, extract, queue=False).then(
-        submit, [pos, neg, contexts], [job_id, status, extract_error]).then(
+        submit, [pos, neg, contexts], [job_id, status, extract_error, refused]).then(
         refresh, [job_id, vector_path], outputs)
     timer.tick(refresh, [job_id, vector_path], outputs, show_progress="hidden")
     return dict(pos=pos, neg=neg, contexts=contexts, vector_path=vector_path, vector_job=vector_job,
