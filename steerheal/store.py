@@ -26,13 +26,17 @@ import sqlite_utils
 from steerheal.errors import SteerhealError
 from steerheal.faults import crash_point
 
-RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "waiting")
+RUN_STATUSES = ("running", "completed", "failed", "interrupted", "cancelled", "waiting", "queued")
 _LIBRARIES = ("steerheal", "torch", "transformers", "peft", "gradio", "sqlite-utils", "altair")
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "runs": dict(columns={"id": int, "created": float, "updated": float, "status": str, "model_id": str,
                           "seed": int, "config": str, "versions": str, "git_commit": str, "error": str,
-                          "stage": str, "kind": str, "stop_reason": str}, pk="id"),
+                          "stage": str, "kind": str, "stop_reason": str, "sweep_id": int, "sweep_point": str},
+                 pk="id"),
+    "sweeps": dict(columns={"id": int, "created": float, "updated": float, "name": str, "spec": str, "backend": str,
+                            "status": str, "max_parallel": int, "cancel_requested": int, "error": str,
+                            "preset": str}, pk="id"),
     "rounds": dict(columns={"run_id": int, "round": int, "status": str, "started": float, "finished": float,
                             "rss_mb": float, "db_mb": float},
                    pk=("run_id", "round")),
@@ -243,9 +247,10 @@ class Store:
                                                 device=device or "default", attempts=0))
         return int(table.last_pk)
 
-    def claim_job(self, worker: str) -> dict | None:
+    def claim_job(self, worker: str, only: Iterable[int] | None = None) -> dict | None:
         """Atomically take the oldest queued job whose device is free (BEGIN IMMEDIATE: one
-        claimant wins; a device with a running job takes no second one)."""
+        claimant wins; a device with a running job takes no second one); `only`: among these ids."""
+        among = "" if only is None else f"AND id IN ({','.join(str(int(i)) for i in only) or 'NULL'}) "
         conn = self.db.conn
         for _ in range(50):
             try:
@@ -257,8 +262,9 @@ class Store:
             return None
         try:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested = 0 AND coalesce(device, 'default') "
-                "NOT IN (SELECT coalesce(device, 'default') FROM jobs WHERE status = 'running') "
+                "SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested = 0 " + among
+                + "AND coalesce(device, 'default') NOT IN (SELECT coalesce(device, 'default') FROM jobs "
+                "WHERE status = 'running') "
                 "ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 conn.execute("COMMIT")

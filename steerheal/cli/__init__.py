@@ -11,11 +11,11 @@ import logging
 import sys
 from typing import Sequence
 
-from steerheal.cli import dose, lab, runs, science
+from steerheal.cli import dose, lab, runs, science, sweeps
 from steerheal.cli.common import COMMANDS, quiet_libraries
 from steerheal.errors import SteerhealError
 
-FAMILIES = (lab, runs, science, dose)
+FAMILIES = (lab, runs, science, dose, sweeps)
 
 
 def build_parser() -> argparse.ArgumentParser:

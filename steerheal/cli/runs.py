@@ -130,6 +130,7 @@ def cmd_runs(args) -> int:
         demo = demo_data_note(store.rows("evals", run["id"]))
         summary = run_summary(store, run["id"])
         out.append(dict(id=run["id"], status=summary["status"], stop_reason=run.get("stop_reason"),
+                        sweep_id=run.get("sweep_id"),
                         model_id=run["model_id"], stage=run["stage"],
                         rounds_completed=len(rounds), tinymfv_comparable=demo is None,
                         per_stage=summary["table"], questions=summary["questions"],
