@@ -65,6 +65,7 @@ run: setup
 	$(PY) app.py --host $(HOST) --port $(PORT) --db $(DB)
 
 test: export STEERHEAL_REQUIRE_BROWSER := 1
+test: export STEERHEAL_REQUIRE_RAY := 1
 test: export STEERHEAL_REQUIRE_DOCKER_CHECKS := 1
 # The whole suite: first everything but the browser tests on two pytest workers (one test file
 # per worker at a time, so module fixtures are built once; slowest files first, in the order

@@ -32,7 +32,8 @@ _LIBRARIES = ("steerheal", "torch", "transformers", "peft", "gradio", "sqlite-ut
 SCHEMA: dict[str, dict[str, Any]] = {
     "runs": dict(columns={"id": int, "created": float, "updated": float, "status": str, "model_id": str,
                           "seed": int, "config": str, "versions": str, "git_commit": str, "error": str,
-                          "stage": str, "kind": str, "stop_reason": str, "sweep_id": int, "sweep_point": str},
+                          "stage": str, "kind": str, "stop_reason": str, "sweep_id": int, "sweep_point": str,
+                          "attempts": int},
                  pk="id"),
     "sweeps": dict(columns={"id": int, "created": float, "updated": float, "name": str, "spec": str, "backend": str,
                             "status": str, "max_parallel": int, "cancel_requested": int, "error": str,

@@ -109,8 +109,9 @@ def run_task(run_row: dict, scratch: str, board) -> dict:
         torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     folder = Path(scratch)
     folder.mkdir(parents=True, exist_ok=True)
-    attempts = folder / "attempts"
-    attempts.write_text(str(int(attempts.read_text() or 0) + 1 if attempts.exists() else 1))
+    counter = folder / "attempts"
+    attempt = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(attempt))
     (folder / "pid").write_text(str(os.getpid()))
     store = Store(folder / "run.db")
     run_id = int(run_row["id"])
@@ -122,7 +123,7 @@ def run_task(run_row: dict, scratch: str, board) -> dict:
         board.put.remote(run_id, dict(stage=stage, done=info.get("step"), total=info.get("of"),
                                       round=info.get("round")))
 
-    post("started", {})
+    board.put.remote(run_id, dict(stage="started", attempt=attempt))
     try:
         run_loop(store, run_id, post)
     except Exception:  # stored as failed in the task's store; merged so the main store says why
@@ -160,7 +161,7 @@ def drive(store: Store, sweep_id: int, on_progress: Progress | None = None, stop
         shape = dict(num_gpus=1, num_cpus=1) if gpus else dict(num_cpus=1)
         slots = max(1, min(gpus or cpus, max_parallel or (gpus or cpus)))
         board = ray.remote(num_cpus=0)(_Board).remote()
-        task = ray.remote(run_task).options(max_retries=retries, retry_exceptions=False, max_calls=1, **shape)
+        task = ray.remote(max_calls=1)(run_task).options(max_retries=retries, retry_exceptions=False, **shape)
         todo = [r for r in sweep_runs(store, sweep_id) if r["status"] != "completed"]
         pending: dict = {}
         progress: dict[int, dict] = {}
@@ -190,6 +191,8 @@ def drive(store: Store, sweep_id: int, on_progress: Progress | None = None, stop
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for run_id, event in ray.get(board.drain.remote()):
                     if run_id in pending.values():
+                        if event.get("attempt"):  # a retry after its worker died shows here
+                            store.set_run(run_id, attempts=event["attempt"])
                         if _stage_text(event) != _stage_text(progress.get(run_id, {"stage": ""})):
                             store.set_run(run_id, stage=_stage_text(event))  # the app reads it from here
                         progress[run_id] = event
@@ -198,7 +201,7 @@ def drive(store: Store, sweep_id: int, on_progress: Progress | None = None, stop
                     try:
                         merge_run(store, ray.get(ref))
                         if store.run(run_id)["status"] == "completed":
-                            shutil.rmtree(scratch_dir(store, sweep_id, run_id), ignore_errors=True)
+                            _remove_scratch(scratch_dir(store, sweep_id, run_id))
                     except SteerhealError:
                         raise
                     except Exception as err:  # retries ran out (a worker died each time), or the task broke
@@ -215,6 +218,16 @@ def drive(store: Store, sweep_id: int, on_progress: Progress | None = None, stop
             ray.kill(board)
         if started:
             ray.shutdown()
+
+
+def _remove_scratch(folder: Path) -> None:
+    """A merged run's task store goes; so do the sweep's folders once empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def _json(value) -> str:

@@ -28,7 +28,8 @@ TINYMFV_DATA = os.environ.get("STEERHEAL_TINYMFV_DIR") or (str(_SHARED_TINYMFV) 
 
 # The test files that take longest (seconds on one thread, make test's workers), started first
 # so that two workers finish together (make test passes --no-loadscope-reorder, which keeps this order).
-SLOW_FIRST = ("test_tinymfv_eval.py",  # ~190 s on one worker: the full 132-row reference eval
+SLOW_FIRST = ("test_sweeps.py",  # ~250 s: a 2x2 sweep on both backends and a cancelled one, on Ray
+              "test_tinymfv_eval.py",  # ~190 s on one worker: the full 132-row reference eval
               "test_resume_and_export.py",  # ~150: the crash sequence
               "test_long_run.py",  # ~100
               "test_heal_bake.py",  # ~110
