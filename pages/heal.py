@@ -14,6 +14,7 @@ from pages.common import Lab, friendly, job_status_md, run_choices
 from pages.heal_form import (MIN_COMPLETIONS, MIN_ROUNDS, loop_settings, run_config_from_form, run_uses_html,
                              start_error_md, tinymfv_data_html)
 from pages.heal_status import BUSY, RESUMABLE, loss_chart, run_stage_text, stage_parts, start_note_md
+from pages import sweeps as sweep_section
 from pages.science import stop_note
 from steerheal import jobs
 from steerheal.errors import SteerhealError
@@ -284,4 +285,6 @@ def build(lab: Lab, timer: gr.Timer, personas: dict, steer: dict, demo: gr.Block
 
     timer.tick(tick, [which, drawn_key, note], [which, progress, curve, cancel, resume, drawn_key, start, start_md,
                                                 note], show_progress="hidden")
-    return dict(run=which)
+    sweep_parts = sweep_section.build(lab, timer, fields, lambda *values: replace(
+        run_config_from_form(lab.preview.model_name, *values), load_in_4bit=lab.preview.load_in_4bit))
+    return dict(run=which, **sweep_parts)

@@ -9,6 +9,7 @@ import html
 import gradio as gr
 
 from pages.common import Lab, as_int, friendly, job_status_md, run_choices
+from pages import sweeps as sweep_section
 from pages.science import instrument_plots, questions_html
 from steerheal import charts, jobs
 from steerheal.errors import SteerhealError
@@ -211,3 +212,4 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
         return (gr.update(choices=run_choices(lab.store)), *draw(run_ids, last_key), poll_export(jid))
 
     timer.tick(tick, [picked, shown_key, export_job], [picked, *outputs, export_md], show_progress="hidden")
+    sweep_section.build_compare(lab, timer)

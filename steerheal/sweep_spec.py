@@ -82,6 +82,33 @@ def apply(base: dict, point: dict) -> dict:
     return data
 
 
+def parse_value(text: str) -> Any:
+    """A value as TOML reads it (numbers, true/false, lists, quoted text), else the bare text."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+def axes_from_text(text: str) -> dict:
+    """Axes written one per line, `name = v1, v2, v3` (or a TOML list): {name: [values]}."""
+    axes: dict = {}
+    for n, line in enumerate((text or "").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, eq, values = line.partition("=")
+        if not eq or not name.strip():
+            raise SteerhealError(f"Axis line {n} ({line!r}): write NAME = V1, V2, e.g. agg = mean, rmse.")
+        parsed = parse_value(values if values.strip().startswith("[") else f"[{values}]")
+        if not isinstance(parsed, list):
+            parsed = [parse_value(v) for v in values.split(",") if v.strip()]
+        axes[name.strip()] = parsed
+    return axes
+
+
 def label(point: dict) -> str:
     """One run's varied settings in words: 'agg=mean seed=1'."""
     return " ".join(f"{k}={v}" for k, v in point.items()) or "base"

@@ -98,13 +98,24 @@ def sweep_state(store: Store, sweep_id: int) -> dict:
     return dict(status=word, total=total, counts=counts)
 
 
+def change_marker(store: Store, sweep_id: int) -> tuple:
+    """Changes whenever a run of the sweep changes state or stores an instrument's result: a view
+    redraws only then."""
+    runs = store.db.execute("select count(*), max(updated), group_concat(status) from runs where sweep_id = ?",
+                            [sweep_id]).fetchone()
+    rows = tuple(store.db.execute(f"select count(*) from [{t}] where run_id in (select id from runs where "
+                                  "sweep_id = ?)", [sweep_id]).fetchone()[0] for t in ("axis_evals", "drift_evals"))
+    return (sweep_id, *runs, *rows)
+
+
 def request_cancel(store: Store, sweep_id: int) -> None:
     """Stop the sweep: queued runs are cancelled at once; running ones stop at their next check
     (local jobs) or are killed by the Ray driver. Finished runs are kept."""
     sweep(store, sweep_id)
     with store.db.conn:
         store.db["sweeps"].update(sweep_id, {"cancel_requested": 1, "updated": time.time()})
-        store.db.execute("update runs set status = 'cancelled', error = 'cancelled by the user', updated = ? "
+        store.db.execute("update runs set status = 'cancelled', error = 'cancelled by the user', stage = 'cancelled before it "
+                         "started', updated = ? "
                          "where sweep_id = ? and status = 'queued'", [time.time(), sweep_id])
     for run in sweep_runs(store, sweep_id):
         for job in store.jobs(run_id=run["id"], kind="loop"):

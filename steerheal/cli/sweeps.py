@@ -11,14 +11,6 @@ from steerheal.cli.common import command
 from steerheal.errors import SteerhealError
 
 
-def _value(text: str):
-    """A flag's value as TOML would read it (numbers, true/false, lists), else as text."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
     out = []
     for item in items or []:
@@ -31,7 +23,7 @@ def _pairs(items: list[str] | None, flag: str) -> list[tuple[str, str]]:
 
 def spec_from_args(args):
     from steerheal.sweep_presets import preset
-    from steerheal.sweep_spec import SweepSpec
+    from steerheal.sweep_spec import SweepSpec, parse_value
 
     if args.config and args.preset:
         raise SteerhealError("Give --config or --preset, not both.")
@@ -48,11 +40,11 @@ def spec_from_args(args):
         spec = SweepSpec()
     base = dict(spec.base)
     for name, value in _pairs(args.set, "--set"):
-        base[name] = _value(value)
+        base[name] = parse_value(value)
     axes = dict(spec.axes)
     for name, values in _pairs(args.axis, "--axis"):
-        parsed = _value(f"[{values}]")
-        axes[name] = parsed if isinstance(parsed, list) else [v for v in values.split(",") if v]
+        parsed = parse_value(f"[{values}]")
+        axes[name] = parsed if isinstance(parsed, list) else [parse_value(v) for v in values.split(",") if v]
     if spec.combinations and args.axis:
         raise SteerhealError("--axis adds to a grid: this sweep lists its runs ([[runs]]).")
     if not spec.combinations and not axes:
