@@ -177,3 +177,20 @@ def _ray_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ray") is not None
+
+
+def test_the_app_and_the_local_backend_need_no_ray(tmp_path):
+    """With Ray absent (blocked in a fresh interpreter), the app's modules import and a local sweep
+    is queued for the workers."""
+    import subprocess
+
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import app, pages.sweeps, steerheal.sweeps_local\n"
+            "from steerheal.cli import main\n"
+            f"sys.exit(main(['sweep', '--db', {str(tmp_path / 'runs.db')!r}, '--axis', 'seed=1,2', '--no-wait']))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "queued: the app's workers" in res.stdout
+    store = Store(tmp_path / "runs.db")
+    assert [j["status"] for j in store.jobs(kind="loop")] == ["queued", "queued"]
