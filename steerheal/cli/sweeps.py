@@ -98,6 +98,13 @@ def cmd_sweep(args) -> int:
     if args.resume is None:
         spec = spec_from_args(args)
         spec.expand(yes=args.yes)  # every run checked before Ray starts or anything is stored
+    if args.backend is None:  # a resumed sweep keeps the backend it was started on
+        args.backend = "local"
+        if args.resume is not None:
+            from steerheal import sweeps
+            from steerheal.store import Store
+
+            args.backend = sweeps.sweep(Store(args.db), args.resume)["backend"]
     started_ray = False
     if args.backend == "ray" and not args.no_wait:
         from steerheal.sweeps_ray import connect
@@ -223,9 +230,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a base run setting (repeatable)")
     p.add_argument("--name", help="a name for the sweep")
     p.add_argument("--db", default="runs.db")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local (default): the store's job queue, one run per device; ray: a Ray cluster "
-                        "(RAY_ADDRESS, else a local one; pip install 'steerheal[ray]')")
+    p.add_argument("--backend", choices=["local", "ray"],
+                   help="local (default; with --resume: the sweep's own): the store's job queue, one run per "
+                        "device; ray: a Ray cluster (RAY_ADDRESS, else a local one; pip install 'steerheal[ray]')")
     p.add_argument("--max-parallel", type=int, help="runs in flight at once on Ray (default: one per GPU, "
                                                     "or per CPU without GPUs)")
     p.add_argument("--retries", type=int, default=2, help="Ray: retries of a run whose worker died (default 2)")
