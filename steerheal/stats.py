@@ -43,6 +43,15 @@ def _clean(values: Sequence[float]) -> np.ndarray:
     return arr
 
 
+def _too_few(arr: np.ndarray) -> Interval | None:
+    """No unit: NaN; one unit: the point is its own interval; else None (compute one)."""
+    if arr.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    if arr.size == 1:
+        return Interval(float(arr[0]), float(arr[0]), float(arr[0]), 1)
+    return None
+
+
 def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(samples, [tail, 100 - tail])
@@ -53,11 +62,10 @@ def mean_interval(values: Sequence[float], n_boot: int = N_BOOT, seed: int = SEE
     """Mean over units with a percentile-bootstrap interval (resampling units). One unit: the
     interval is the point; none: NaN."""
     arr = _clean(values)
-    if arr.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
+    trivial = _too_few(arr)
+    if trivial is not None:
+        return trivial
     mean = float(arr.mean())
-    if arr.size == 1:
-        return Interval(mean, mean, mean, 1)
     rng = np.random.default_rng(seed)
     means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
     lo, hi = _percentiles(means, level)
@@ -143,11 +151,10 @@ def seed_interval(values: Sequence[float]) -> Interval:
     """Mean over a few independent runs (seeds) with a 95% t interval: with 3 seeds a bootstrap
     interval is far too narrow. One run: the point."""
     arr = _clean(values)
-    if arr.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
+    trivial = _too_few(arr)
+    if trivial is not None:
+        return trivial
     mean = float(arr.mean())
-    if arr.size == 1:
-        return Interval(mean, mean, mean, 1)
     t = _T975[arr.size - 2] if arr.size - 1 <= len(_T975) else 1.96
     half = t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
     return Interval(mean, mean - half, mean + half, int(arr.size))
