@@ -81,7 +81,18 @@ def compare_html(result: dict) -> str:
             "<th>trait, first → last healed round</th><th>trait change</th><th>incoherence over the loop</th>"
             "<th>outcome</th></tr>" + "".join(rows) + "</table><div class='sh-muted'>Brackets: 95% t intervals "
             "over the setting's seeds (a single seed has none). Trait: axis score; incoherence: healed KL rmse to "
-            "base.</div>")
+            "base.</div>" + versus_html(result.get("versus", [])))
+
+
+def versus_html(versus: list[dict]) -> str:
+    """Each setting minus the first, paired by seed: the comparison the method asks for."""
+    if not versus:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(v['label'])}</b> minus <b>{html.escape(v['against'])}</b>, paired over seeds "
+        f"{', '.join(map(str, v['seeds'])) or 'none finished under both'}: trait at the last round "
+        f"{_iv(v['trait_end'])}, incoherence at the last round {_iv(v['incoherence_end'])}</li>" for v in versus)
+    return f"<ul id='sweep-versus'>{items}</ul>"
 
 
 def start_ray_driver(lab: Lab, sweep_id: int) -> None:

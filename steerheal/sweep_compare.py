@@ -87,13 +87,39 @@ def compare(store: Store, sweep_id: int) -> dict:
             trait_base=_iv([r["trait_base"] for r in done]).to_dict(),
             outcome=outcome(change, inc_change, stopped, len(done)) if done else "no finished run yet",
             runs=group["runs"]))
-    return dict(sweep_id=sweep_id, name=info["name"], state=info["state"], settings=rows)
+    return dict(sweep_id=sweep_id, name=info["name"], state=info["state"], settings=rows,
+                versus=versus_first(rows))
+
+
+def versus_first(rows: list[dict]) -> list[dict]:
+    """Each later setting against the first, paired by seed (the seeds both finished): the
+    difference at the last healed round, with a 95% t interval over those seeds. Pairing removes
+    what a seed does to both settings alike, so it resolves differences the per-setting intervals
+    overlap on."""
+    if len(rows) < 2:
+        return []
+
+    def by_seed(row):
+        return {r["seed"]: r for r in row["runs"] if r["status"] == "completed" and r["trait_end"] is not None}
+
+    first = by_seed(rows[0])
+    out = []
+    for row in rows[1:]:
+        theirs = by_seed(row)
+        seeds = sorted(set(first) & set(theirs))
+
+        def diff(key):
+            return seed_interval([theirs[s][key] - first[s][key] for s in seeds
+                                  if theirs[s][key] is not None and first[s][key] is not None]).to_dict()
+        out.append(dict(label=row["label"], against=rows[0]["label"], seeds=seeds,
+                        trait_end=diff("trait_end"), incoherence_end=diff("incoherence_end")))
+    return out
 
 
 def _fmt(iv: dict, signed: bool = False) -> str:
     if iv["n"] == 0 or not math.isfinite(iv["value"]):
         return "-"
-    fmt = "{:+.2f}" if signed else "{:.2f}"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
     if iv["n"] < 2:
         return fmt.format(iv["value"])
     return f"{fmt.format(iv['value'])} [{fmt.format(iv['low'])}, {fmt.format(iv['high'])}]"
@@ -107,4 +133,15 @@ def table_text(result: dict) -> str:
         lines.append(f"| {row['label']} | {row['n_done']}/{row['n_runs']} | {_fmt(row['trait_start'], True)} -> "
                      f"{_fmt(row['trait_end'], True)} | {_fmt(row['incoherence_start'])} -> "
                      f"{_fmt(row['incoherence_end'])} (max {_fmt(row['incoherence_max'])}) | {row['outcome']} |")
+    if result.get("versus"):
+        lines.append("")
+        lines.extend(versus_text(vs) for vs in result["versus"])
     return "\n".join(lines)
+
+
+def versus_text(vs: dict) -> str:
+    if not vs["seeds"]:
+        return f"{vs['label']} vs {vs['against']}: no seed finished under both"
+    seeds = ", ".join(str(s) for s in vs["seeds"])
+    return (f"{vs['label']} minus {vs['against']}, paired over seeds {seeds}: trait at the end "
+            f"{_fmt(vs['trait_end'], True)}, incoherence at the end {_fmt(vs['incoherence_end'], True)}")

@@ -12,7 +12,7 @@ import pytest
 from steerheal.errors import SteerhealError
 from steerheal.stats import seed_interval
 from steerheal.store import Store
-from steerheal.sweep_compare import outcome, table_text
+from steerheal.sweep_compare import outcome, table_text, versus_first, versus_text
 from steerheal.sweep_presets import preset
 from steerheal.sweep_spec import SweepSpec, setting_path
 from steerheal.sweeps import create_sweep, merge_run, pack_run, reopen, request_cancel, sweep, sweep_runs, sweeps
@@ -71,6 +71,8 @@ def test_the_seed_table_preset_varies_the_aggregate_at_one_tau_lambda_and_refere
     assert [p for p, _ in runs] == [{"agg": a, "seed": s} for a in ("mean", "rmse") for s in (1, 2, 3)]
     assert len({(c.heal.tau, c.heal.lam, c.heal.ref, c.rounds) for _, c in runs}) == 1
     assert {c.model for _, c in runs} == {"bundled"}
+    # tau scaled to the bundled model's measured KL (at the seed's 1.0 the barrier never fired on it)
+    assert {c.heal.tau for _, c in runs} == {0.05}
 
 
 def test_a_sweep_stores_its_runs_with_ids_before_anything_starts_and_lists_them(tmp_path):
@@ -140,7 +142,22 @@ def test_intervals_over_seeds_are_t_intervals_and_outcomes_need_two_seeds():
     row = dict(label="agg=mean", n_done=3, n_runs=3, trait_start=iv.to_dict(), trait_end=iv.to_dict(),
                incoherence_start=iv.to_dict(), incoherence_end=iv.to_dict(), incoherence_max=iv.to_dict(),
                outcome="x")
-    assert "| agg=mean | 3/3 | +2.00 [-0.48, +4.48] -> " in table_text(dict(settings=[row]))
+    assert "| agg=mean | 3/3 | +2.000 [-0.484, +4.484] -> " in table_text(dict(settings=[row]))
+
+
+def test_settings_are_compared_with_the_first_paired_by_the_seeds_both_finished():
+    def run(seed, trait, incoherence, status="completed"):
+        return dict(seed=seed, status=status, trait_end=trait, incoherence_end=incoherence)
+
+    rows = [dict(label="agg=mean", runs=[run(1, 0.5, 0.30), run(2, 0.7, 0.50), run(3, 0.6, 0.40)]),
+            dict(label="agg=rmse", runs=[run(1, 0.5, 0.20), run(2, 0.7, 0.41), run(3, 0.9, 0.90, "failed")])]
+    (vs,) = versus_first(rows)
+    assert vs["seeds"] == [1, 2] and vs["against"] == "agg=mean"  # seed 3 did not finish under rmse
+    assert vs["incoherence_end"]["value"] == pytest.approx(-0.095) and vs["incoherence_end"]["n"] == 2
+    assert vs["trait_end"]["value"] == pytest.approx(0.0)
+    text = versus_text(vs)
+    assert text.startswith("agg=rmse minus agg=mean, paired over seeds 1, 2:") and "incoherence at the end -0.095" in text
+    assert versus_first(rows[:1]) == []
 
 
 def test_the_sweep_command_refuses_bad_input_with_exit_2_and_stores_nothing(tmp_path, monkeypatch):
