@@ -58,6 +58,11 @@ def outcome(trait_change: Interval, incoherence_change: Interval, stopped: int, 
     return "; ".join(parts)
 
 
+def _finished(runs: list[dict]) -> list[dict]:
+    """The runs that count for a setting: completed, with a healed round measured."""
+    return [r for r in runs if r["status"] == "completed" and r["trait_end"] is not None]
+
+
 def compare(store: Store, sweep_id: int) -> dict:
     """Per setting (seeds pooled): intervals of the headline numbers, outcome words, and every
     run's per-round trait and incoherence for the chart."""
@@ -71,7 +76,7 @@ def compare(store: Store, sweep_id: int) -> dict:
                               "stop_reason": run.get("stop_reason"), "seed": run["seed"]})
     rows = []
     for group in groups.values():
-        done = [r for r in group["runs"] if r["status"] == "completed" and r["trait_end"] is not None]
+        done = _finished(group["runs"])
         change = _iv([r["trait_end"] - r["trait_start"] for r in done])
         inc_change = _iv([r["incoherence_end"] - r["incoherence_start"] for r in done
                           if r["incoherence_end"] is not None and r["incoherence_start"] is not None])
@@ -100,7 +105,7 @@ def versus_first(rows: list[dict]) -> list[dict]:
         return []
 
     def by_seed(row):
-        return {r["seed"]: r for r in row["runs"] if r["status"] == "completed" and r["trait_end"] is not None}
+        return {r["seed"]: r for r in _finished(row["runs"])}
 
     first = by_seed(rows[0])
     out = []
