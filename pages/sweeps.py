@@ -18,7 +18,7 @@ from steerheal import sweeps
 from steerheal.errors import SteerhealError
 from steerheal.run_config import RunConfig
 from steerheal.sweep_charts import trait_vs_incoherence
-from steerheal.sweep_compare import compare, run_headline
+from steerheal.sweep_compare import compare, run_headline, seed_list
 from steerheal.sweep_presets import preset
 from steerheal.sweep_spec import SweepSpec, axes_from_text
 
@@ -89,8 +89,8 @@ def versus_html(versus: list[dict]) -> str:
     if not versus:
         return ""
     items = "".join(
-        f"<li><b>{html.escape(v['label'])}</b> minus <b>{html.escape(v['against'])}</b>, paired over seeds "
-        f"{', '.join(map(str, v['seeds'])) or 'none finished under both'}: trait at the last round "
+        f"<li><b>{html.escape(v['label'])}</b> minus <b>{html.escape(v['against'])}</b>, paired over "
+        f"{seed_list(v['seeds']) if v['seeds'] else 'no seed finished under both'}: trait at the last round "
         f"{_iv(v['trait_end'])}, incoherence at the last round {_iv(v['incoherence_end'])}</li>" for v in versus)
     return f"<ul id='sweep-versus'>{items}</ul>"
 

@@ -144,9 +144,12 @@ def table_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_list(seeds: list) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
+
+
 def versus_text(vs: dict) -> str:
     if not vs["seeds"]:
         return f"{vs['label']} vs {vs['against']}: no seed finished under both"
-    seeds = ", ".join(str(s) for s in vs["seeds"])
-    return (f"{vs['label']} minus {vs['against']}, paired over seeds {seeds}: trait at the end "
+    return (f"{vs['label']} minus {vs['against']}, paired over {seed_list(vs['seeds'])}: trait at the end "
             f"{_fmt(vs['trait_end'], True)}, incoherence at the end {_fmt(vs['incoherence_end'], True)}")

@@ -69,6 +69,6 @@ def test_a_finished_sweep_is_compared_on_results_and_one_from_the_heal_form_is_q
         expect(table).to_contain_text("agg=rmse")
         expect(table).to_contain_text("one seed: no interval")
         # the second setting against the first, paired by their one shared seed
-        expect(page.locator("#sweep-versus")).to_contain_text("agg=rmse minus agg=mean, paired over seeds 42")
+        expect(page.locator("#sweep-versus")).to_contain_text("agg=rmse minus agg=mean, paired over seed 42")
         expect(page.locator("#chart-sweep canvas, #chart-sweep svg").first).to_be_visible(timeout=30_000)
         shot(page, "sweep-2-results")
