@@ -152,7 +152,9 @@ def build(lab: Lab, timer: gr.Timer, demo: gr.Blocks, saved: gr.BrowserState) ->
 
     outputs = [auth, care, incoherence, path, warning, probes, shown_key, questions, axis_plot, drift_plot,
                trait_plot, tinymfv_note]
-    picked.change(lambda r, k: draw(r, k, True), [picked, shown_key], outputs)
+    # Not forced: the key holds the picked ids, so a new pick always redraws, while a change event
+    # that leaves the pick as it was (a poll refreshing the choices) does not redraw every chart.
+    picked.change(draw, [picked, shown_key], outputs)
 
     def export_choice(run_ids, current):
         """Export names its run: a choice among the picked runs, the Round field labelled with it."""
